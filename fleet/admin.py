@@ -1,0 +1,75 @@
+from django.contrib import admin
+
+from fleet.models import EnrollmentToken, Node, NodeClass, NodeSample, NodeStatusChange, Region
+
+
+@admin.register(Region)
+class RegionAdmin(admin.ModelAdmin):
+    list_display = ["code", "name", "jurisdiction", "residency_zone"]
+    search_fields = ["code", "name"]
+
+
+@admin.register(NodeClass)
+class NodeClassAdmin(admin.ModelAdmin):
+    list_display = [
+        "name", "capex", "amortisation_months", "idle_watts", "peak_watts",
+        "energy_price_per_kwh", "expected_utilisation", "memory_bytes", "has_gpu", "hourly_cost",
+    ]
+
+
+class NodeStatusChangeInline(admin.TabularInline):
+    model = NodeStatusChange
+    extra = 0
+    can_delete = False
+    readonly_fields = ["old_status", "new_status", "at", "reason"]
+    ordering = ["-at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ["name", "uid", "region", "node_class", "status", "last_heartbeat_at"]
+    list_filter = ["region", "node_class", "status"]
+    list_select_related = ["region", "node_class"]
+    search_fields = ["name", "uid", "hostname"]
+    readonly_fields = [
+        "uid", "credential_hash", "enrolled_at", "status", "last_heartbeat_at",
+        "last_report_healthy", "agent_version", "uptime_s", "cpu_load", "memory_pressure",
+        "temperature_c", "queue_depth", "requests_total", "errors_total", "models_loaded",
+        "bundle_revision",
+    ]
+    inlines = [NodeStatusChangeInline]
+
+
+@admin.register(NodeStatusChange)
+class NodeStatusChangeAdmin(admin.ModelAdmin):
+    list_display = ["node", "old_status", "new_status", "at", "reason"]
+    list_filter = ["new_status"]
+    list_select_related = ["node"]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # history is append-only
+
+
+@admin.register(NodeSample)
+class NodeSampleAdmin(admin.ModelAdmin):
+    list_display = ["node", "at", "cpu_load", "memory_pressure", "temperature_c", "queue_depth"]
+    list_filter = ["node"]
+    list_select_related = ["node"]
+    date_hierarchy = "at"
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(EnrollmentToken)
+class EnrollmentTokenAdmin(admin.ModelAdmin):
+    # Tokens are created in the console's enrollment page, where the secret is shown once.
+    list_display = ["prefix", "node_name", "region", "node_class", "expires_at", "used_at", "node"]
+    list_select_related = ["region", "node_class", "node"]
+    readonly_fields = ["prefix", "secret_hash", "created_by", "created_at", "used_at", "node"]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,161 @@
+"""The fleet's part of /api/v1: node-facing (enroll, heartbeat) and operator-facing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Prefetch
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from ninja import Query, Router, Schema, Status
+from ninja.errors import HttpError
+from ninja.security import HttpBearer, django_auth_is_staff
+
+from billing.signing import console_public_key_b64
+from fleet.actions import EnrollmentError, enroll_node
+from fleet.choices import NodeStatus
+from fleet.models import EnrollmentToken, Node, NodeClass, NodeStatusChange, Region
+from fleet.schemas import (
+    EnrollmentTokenIn,
+    EnrollmentTokenOut,
+    NodeClassOut,
+    NodeDetailOut,
+    NodeOut,
+    RegionOut,
+)
+from inference import protocol
+
+
+class NodeCredentialAuth(HttpBearer):
+    """A node calls with the credential it received at enrollment."""
+
+    openapi_scheme = "bearer"
+
+    def authenticate(self, request: HttpRequest, token: str) -> Node | None:
+        return Node.authenticate(token)
+
+
+node_router = Router(tags=["nodes"])
+fleet_router = Router(tags=["fleet"], auth=django_auth_is_staff)
+
+
+@node_router.post(
+    "/enroll",
+    response={201: protocol.EnrollResponse, 400: protocol.ErrorBody},
+    auth=None,
+    summary="Spend a one-time enrollment token and become a node",
+)
+def enroll(request: HttpRequest, body: protocol.EnrollRequest):
+    try:
+        node, credential = enroll_node(body)
+    except EnrollmentError as exc:
+        return Status(400, {"error": str(exc)})
+    return Status(
+        201,
+        protocol.EnrollResponse(
+            node_uid=node.uid,
+            name=node.name,
+            region=node.region.code,
+            node_class=node.node_class.name,
+            credential=credential,
+            console_public_key=console_public_key_b64(),
+            heartbeat_interval_s=settings.OUTPOST_HEARTBEAT_INTERVAL_S,
+        ),
+    )
+
+
+@node_router.post(
+    "/heartbeat",
+    response={200: protocol.HeartbeatReply, 403: protocol.ErrorBody},
+    auth=NodeCredentialAuth(),
+    summary="Report the node's state; the answer says what the console wants of it",
+)
+def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
+    node: Node = request.auth
+    if body.node_uid != node.uid:
+        return Status(
+            403, {"error": f"this credential belongs to node {node.uid}, not {body.node_uid}"}
+        )
+    node.record_heartbeat(body)
+    return Status(
+        200,
+        protocol.HeartbeatReply(
+            status=node.status,
+            heartbeat_interval_s=settings.OUTPOST_HEARTBEAT_INTERVAL_S,
+            server_time=timezone.now(),
+            desired_bundle_revision=None,
+        ),
+    )
+
+
+class NodeFilter(Schema):
+    region: str | None = None
+    node_class: str | None = None
+    status: NodeStatus | None = None
+
+
+def _nodes():
+    return Node.objects.with_status().select_related("region", "node_class")
+
+
+@fleet_router.get("/nodes", response=list[NodeOut], summary="Every node, with its derived status")
+def list_nodes(request: HttpRequest, filters: Query[NodeFilter]):
+    nodes = _nodes()
+    if filters.region:
+        nodes = nodes.filter(region__code=filters.region)
+    if filters.node_class:
+        nodes = nodes.filter(node_class__name=filters.node_class)
+    if filters.status:
+        nodes = nodes.filter(current_status=filters.status)
+    return nodes
+
+
+@fleet_router.get("/nodes/{uid}", response=NodeDetailOut)
+def get_node(request: HttpRequest, uid: str):
+    recent = NodeStatusChange.objects.order_by("-at")
+    return get_object_or_404(
+        _nodes().prefetch_related(Prefetch("status_changes", queryset=recent)), uid=uid
+    )
+
+
+@fleet_router.get("/regions", response=list[RegionOut])
+def list_regions(request: HttpRequest):
+    return Region.objects.all()
+
+
+@fleet_router.get("/node-classes", response=list[NodeClassOut])
+def list_node_classes(request: HttpRequest):
+    return NodeClass.objects.all()
+
+
+@fleet_router.post("/enrollment-tokens", response={201: EnrollmentTokenOut})
+def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn):
+    region = Region.objects.filter(code=body.region).first()
+    if region is None:
+        raise HttpError(400, f"unknown region {body.region!r}")
+    node_class = NodeClass.objects.filter(name=body.node_class).first()
+    if node_class is None:
+        raise HttpError(400, f"unknown node class {body.node_class!r}")
+    if Node.objects.filter(name=body.node_name).exists():
+        raise HttpError(400, f"a node named {body.node_name!r} already exists")
+    ttl = timedelta(hours=body.ttl_hours) if body.ttl_hours else None
+    token, secret = EnrollmentToken.issue(
+        node_name=body.node_name,
+        region=region,
+        node_class=node_class,
+        created_by=request.auth,
+        ttl=ttl,
+    )
+    return Status(
+        201,
+        EnrollmentTokenOut(
+            token=secret,
+            node_name=token.node_name,
+            region=region.code,
+            node_class=node_class.name,
+            expires_at=token.expires_at,
+            command=EnrollmentToken.command_for(secret),
+        ),
+    )

@@ -1,0 +1,358 @@
+"""What runs where: regions, node classes and their cost model, nodes and their history."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models, transaction
+from django.db.models import Case, Q, Value, When
+from django.utils import timezone
+
+from fleet import costs
+from fleet.choices import NodeClassKind, NodeStatus
+from fleet.health import derive_status, report_is_healthy
+from inference.protocol import HeartbeatReport, hash_secret, new_secret
+
+NODE_CREDENTIAL_PREFIX = "opn"
+ENROLLMENT_TOKEN_PREFIX = "ope"
+
+
+class Region(models.Model):
+    code = models.SlugField(max_length=40, unique=True, help_text="e.g. eu-west")
+    name = models.CharField(max_length=100)
+    jurisdiction = models.CharField(
+        max_length=10,
+        help_text="Legal jurisdiction, ISO 3166 code (e.g. DE, US-CA)",
+        validators=[RegexValidator(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$", "An ISO 3166 code, e.g. DE")],
+    )
+    residency_zone = models.CharField(
+        max_length=10, help_text="Data residency zone, e.g. EU or US", db_index=True
+    )
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class NodeClass(models.Model):
+    """A kind of machine and what it costs to own and run."""
+
+    name = models.CharField(max_length=20, choices=NodeClassKind.choices, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    capex = models.DecimalField(
+        max_digits=12, decimal_places=2, validators=[MinValueValidator(Decimal(0))],
+        help_text="Purchase price of one machine",
+    )
+    currency = models.CharField(max_length=3, default="EUR")
+    amortisation_months = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    idle_watts = models.DecimalField(max_digits=8, decimal_places=1)
+    peak_watts = models.DecimalField(max_digits=8, decimal_places=1)
+    energy_price_per_kwh = models.DecimalField(max_digits=8, decimal_places=4)
+    expected_utilisation = models.DecimalField(
+        max_digits=4, decimal_places=3,
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(1))],
+        help_text="Share of the time busy, 0..1",
+    )
+    memory_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
+    has_gpu = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["capex"]
+        verbose_name_plural = "node classes"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(peak_watts__gte=models.F("idle_watts")), name="peak_at_least_idle"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def cost_model(self) -> costs.CostModel:
+        return costs.CostModel(
+            capex=self.capex,
+            amortisation_months=self.amortisation_months,
+            idle_watts=self.idle_watts,
+            peak_watts=self.peak_watts,
+            energy_price_per_kwh=self.energy_price_per_kwh,
+            expected_utilisation=self.expected_utilisation,
+        )
+
+    @property
+    def hourly_cost(self) -> Decimal:
+        return costs.hourly_cost(self.cost_model)
+
+    @property
+    def monthly_cost(self) -> Decimal:
+        return costs.monthly_cost(self.cost_model)
+
+
+def _thresholds(now: datetime) -> tuple[datetime, datetime]:
+    return (
+        now - timedelta(seconds=settings.OUTPOST_NODE_ONLINE_AFTER_S),
+        now - timedelta(seconds=settings.OUTPOST_NODE_OFFLINE_AFTER_S),
+    )
+
+
+class NodeQuerySet(models.QuerySet["Node"]):
+    """Status derives from the last heartbeat; these filters mirror fleet.health.derive_status."""
+
+    def online(self, now: datetime | None = None) -> NodeQuerySet:
+        online_since, _ = _thresholds(now or timezone.now())
+        return self.filter(last_heartbeat_at__gte=online_since, last_report_healthy=True)
+
+    def degraded(self, now: datetime | None = None) -> NodeQuerySet:
+        online_since, offline_before = _thresholds(now or timezone.now())
+        return self.filter(last_heartbeat_at__gte=offline_before).exclude(
+            last_heartbeat_at__gte=online_since, last_report_healthy=True
+        )
+
+    def offline(self, now: datetime | None = None) -> NodeQuerySet:
+        _, offline_before = _thresholds(now or timezone.now())
+        return self.filter(last_heartbeat_at__lt=offline_before)
+
+    def pending(self) -> NodeQuerySet:
+        return self.filter(last_heartbeat_at__isnull=True)
+
+    def with_status(self, now: datetime | None = None) -> NodeQuerySet:
+        """Annotate `current_status`, computed in SQL so a list of any length is one query."""
+        online_since, offline_before = _thresholds(now or timezone.now())
+        return self.annotate(
+            current_status=Case(
+                When(last_heartbeat_at__isnull=True, then=Value(NodeStatus.PENDING)),
+                When(last_heartbeat_at__lt=offline_before, then=Value(NodeStatus.OFFLINE)),
+                When(
+                    last_heartbeat_at__gte=online_since,
+                    last_report_healthy=True,
+                    then=Value(NodeStatus.ONLINE),
+                ),
+                default=Value(NodeStatus.DEGRADED),
+                output_field=models.CharField(),
+            )
+        )
+
+    def in_region(self, code: str) -> NodeQuerySet:
+        return self.filter(region__code=code)
+
+
+class Node(models.Model):
+    uid = models.SlugField(max_length=40, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="nodes")
+    node_class = models.ForeignKey(NodeClass, on_delete=models.PROTECT, related_name="nodes")
+    endpoint = models.URLField(max_length=500, help_text="Where the node serves OIP v2")
+    hostname = models.CharField(max_length=255, blank=True)
+    credential_hash = models.CharField(max_length=64, unique=True, editable=False)
+    enrolled_at = models.DateTimeField(default=timezone.now)
+
+    # The status last recorded, so that a change of the derived status writes one history row.
+    status = models.CharField(max_length=10, choices=NodeStatus.choices, default=NodeStatus.PENDING)
+    # The reported state, from the latest heartbeat.
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_report_healthy = models.BooleanField(default=False)
+    agent_version = models.CharField(max_length=50, blank=True)
+    uptime_s = models.FloatField(default=0)
+    cpu_load = models.FloatField(null=True, blank=True)
+    memory_pressure = models.FloatField(null=True, blank=True)
+    temperature_c = models.FloatField(null=True, blank=True)
+    queue_depth = models.PositiveIntegerField(default=0)
+    requests_total = models.BigIntegerField(default=0)
+    errors_total = models.BigIntegerField(default=0)
+    models_loaded = models.JSONField(default=list, blank=True)
+    bundle_revision = models.BigIntegerField(null=True, blank=True)
+
+    objects = NodeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["region__code", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def derived_status(self, now: datetime | None = None) -> NodeStatus:
+        return derive_status(
+            self.last_heartbeat_at,
+            self.last_report_healthy,
+            now or timezone.now(),
+            online_after_s=settings.OUTPOST_NODE_ONLINE_AFTER_S,
+            offline_after_s=settings.OUTPOST_NODE_OFFLINE_AFTER_S,
+        )
+
+    @classmethod
+    def new_credential(cls) -> tuple[str, str]:
+        """A node credential and the hash stored for it."""
+        secret = new_secret(NODE_CREDENTIAL_PREFIX)
+        return secret, hash_secret(secret)
+
+    @classmethod
+    def authenticate(cls, credential: str) -> Node | None:
+        return cls.objects.filter(credential_hash=hash_secret(credential)).first()
+
+    def record_heartbeat(self, report: HeartbeatReport, *, now: datetime | None = None) -> None:
+        """Store a report, keep a sample of it, and record a status flip if there is one.
+
+        The row is locked so that concurrent heartbeats and the flip detector
+        (fleet.tasks.detect_status_flips_task) cannot write two history rows for one change.
+        """
+        now = now or timezone.now()
+        healthy, reason = report_is_healthy(report)
+        with transaction.atomic():
+            node = Node.objects.select_for_update().get(pk=self.pk)
+            node.last_heartbeat_at = now
+            node.last_report_healthy = healthy
+            node.agent_version = report.agent_version
+            node.uptime_s = report.uptime_s
+            node.cpu_load = report.cpu_load
+            node.memory_pressure = report.memory_pressure
+            node.temperature_c = report.temperature_c
+            node.queue_depth = report.queue_depth
+            node.requests_total = report.requests_total
+            node.errors_total = report.errors_total
+            node.models_loaded = [m.model_dump() for m in report.models]
+            node.bundle_revision = report.bundle_revision
+            node._flip_to(node.derived_status(now), reason, now)
+            node.save()
+            NodeSample.objects.create(
+                node=node,
+                at=now,
+                cpu_load=report.cpu_load,
+                memory_pressure=report.memory_pressure,
+                temperature_c=report.temperature_c,
+                queue_depth=report.queue_depth,
+                requests_total=report.requests_total,
+                errors_total=report.errors_total,
+            )
+        self.refresh_from_db()
+
+    def sync_status(self, *, now: datetime | None = None) -> NodeStatusChange | None:
+        """Record the flip of a node that stopped reporting (it cannot tell us itself)."""
+        now = now or timezone.now()
+        with transaction.atomic():
+            node = Node.objects.select_for_update().get(pk=self.pk)
+            change = node._flip_to(node.derived_status(now), "heartbeats missing", now)
+            if change is not None:
+                node.save(update_fields=["status"])
+        self.refresh_from_db(fields=["status"])
+        return change
+
+    def _flip_to(self, status: str, reason: str, now: datetime) -> NodeStatusChange | None:
+        if status == self.status:
+            return None
+        change = NodeStatusChange.objects.create(
+            node=self, old_status=self.status, new_status=status, at=now, reason=reason
+        )
+        self.status = status
+        return change
+
+
+class NodeStatusChange(models.Model):
+    """Append-only history of a node's status; one row per flip."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="status_changes")
+    old_status = models.CharField(max_length=10, choices=NodeStatus.choices)
+    new_status = models.CharField(max_length=10, choices=NodeStatus.choices)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.node}: {self.old_status} → {self.new_status}"
+
+
+class NodeSampleQuerySet(models.QuerySet["NodeSample"]):
+    def since(self, moment: datetime) -> NodeSampleQuerySet:
+        return self.filter(at__gte=moment)
+
+
+class NodeSample(models.Model):
+    """One heartbeat's metrics, kept for charts for OUTPOST_SAMPLE_RETENTION_H hours."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField()
+    cpu_load = models.FloatField()
+    memory_pressure = models.FloatField()
+    temperature_c = models.FloatField(null=True)
+    queue_depth = models.PositiveIntegerField()
+    requests_total = models.BigIntegerField()
+    errors_total = models.BigIntegerField()
+
+    objects = NodeSampleQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["node", "at"]), models.Index(fields=["at"])]
+
+
+class EnrollmentTokenQuerySet(models.QuerySet["EnrollmentToken"]):
+    def usable(self, now: datetime | None = None) -> EnrollmentTokenQuerySet:
+        return self.filter(used_at__isnull=True, expires_at__gt=now or timezone.now())
+
+
+class EnrollmentToken(models.Model):
+    """A one-time, expiring secret that lets one machine join the fleet as a node."""
+
+    prefix = models.CharField(max_length=12, editable=False)
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    node_name = models.CharField(max_length=100, help_text="Name the node will have")
+    region = models.ForeignKey(Region, on_delete=models.PROTECT)
+    node_class = models.ForeignKey(NodeClass, on_delete=models.PROTECT)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    node = models.OneToOneField(
+        Node, null=True, blank=True, on_delete=models.SET_NULL, related_name="enrollment_token"
+    )
+
+    objects = EnrollmentTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… for {self.node_name}"
+
+    @classmethod
+    def issue(
+        cls, *, node_name: str, region: Region, node_class: NodeClass, created_by=None,
+        ttl: timedelta | None = None,
+    ) -> tuple[EnrollmentToken, str]:
+        secret = new_secret(ENROLLMENT_TOKEN_PREFIX)
+        ttl = ttl or timedelta(hours=settings.OUTPOST_ENROLLMENT_TOKEN_TTL_H)
+        token = cls.objects.create(
+            prefix=secret[:12],
+            secret_hash=hash_secret(secret),
+            node_name=node_name,
+            region=region,
+            node_class=node_class,
+            created_by=created_by,
+            expires_at=timezone.now() + ttl,
+        )
+        return token, secret
+
+    @staticmethod
+    def command_for(secret: str) -> str:
+        """The command an operator runs on the new machine (shown once, with the secret)."""
+        return (
+            "python -m inference serve --models /var/lib/outpost/models "
+            "--state-dir /var/lib/outpost/state --host 0.0.0.0 --port 8001 "
+            "--advertise http://$(hostname -f):8001 "
+            f"--console {settings.OUTPOST_PUBLIC_URL} --enroll {secret}"
+        )
+
+    @property
+    def state(self) -> str:
+        if self.used_at is not None:
+            return "used"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "usable"

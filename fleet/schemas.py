@@ -1,0 +1,79 @@
+"""API shapes of the operator-facing fleet endpoints. Node-facing shapes are the wire
+formats in inference/protocol.py, used as they are."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from ninja import Field, Schema
+
+
+class RegionOut(Schema):
+    code: str
+    name: str
+    jurisdiction: str
+    residency_zone: str
+
+
+class NodeClassOut(Schema):
+    name: str
+    description: str
+    capex: Decimal
+    currency: str
+    amortisation_months: int
+    idle_watts: Decimal
+    peak_watts: Decimal
+    energy_price_per_kwh: Decimal
+    expected_utilisation: Decimal
+    memory_bytes: int
+    has_gpu: bool
+    hourly_cost: Decimal
+
+
+class StatusChangeOut(Schema):
+    old_status: str
+    new_status: str
+    at: datetime
+    reason: str
+
+
+class NodeOut(Schema):
+    uid: str
+    name: str
+    region: str = Field(..., alias="region.code")
+    node_class: str = Field(..., alias="node_class.name")
+    status: str = Field(..., alias="current_status")
+    endpoint: str
+    hostname: str
+    agent_version: str
+    enrolled_at: datetime
+    last_heartbeat_at: datetime | None
+    cpu_load: float | None
+    memory_pressure: float | None
+    temperature_c: float | None
+    queue_depth: int
+    requests_total: int
+    errors_total: int
+    models_loaded: list[dict]
+    bundle_revision: int | None
+
+
+class NodeDetailOut(NodeOut):
+    status_changes: list[StatusChangeOut]
+
+
+class EnrollmentTokenIn(Schema):
+    node_name: str = Field(..., min_length=1, max_length=100)
+    region: str = Field(..., description="Region code")
+    node_class: str = Field(..., description="nano, standard or accelerator")
+    ttl_hours: int | None = Field(None, ge=1, le=24 * 30)
+
+
+class EnrollmentTokenOut(Schema):
+    token: str = Field(..., description="The one-time secret; shown only in this response")
+    node_name: str
+    region: str
+    node_class: str
+    expires_at: datetime
+    command: str = Field(..., description="The command to run on the node")

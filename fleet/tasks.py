@@ -1,0 +1,36 @@
+"""Fleet background work. Tasks are thin: load, call a model method or action, return."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from fleet.models import Node, NodeSample
+
+
+@shared_task
+def detect_status_flips_task() -> int:
+    """Record the status change of nodes whose heartbeats stopped; returns how many flipped."""
+    now = timezone.now()
+    flipped = 0
+    # Only nodes whose stored status may be out of date: anything not already offline/pending.
+    stale_before = now - timedelta(seconds=settings.OUTPOST_NODE_ONLINE_AFTER_S)
+    candidates = Node.objects.filter(
+        Q(last_heartbeat_at__lt=stale_before) & ~Q(status="offline")
+    ).only("pk")
+    for node in candidates:
+        if node.sync_status(now=now) is not None:
+            flipped += 1
+    return flipped
+
+
+@shared_task
+def prune_node_samples_task() -> int:
+    """Delete samples older than the retention; returns how many rows went."""
+    cutoff = timezone.now() - timedelta(hours=settings.OUTPOST_SAMPLE_RETENTION_H)
+    deleted, _ = NodeSample.objects.filter(at__lt=cutoff).delete()
+    return deleted

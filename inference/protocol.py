@@ -1,0 +1,177 @@
+"""The wire formats shared by the console and the node agent.
+
+Both sides import these definitions, so they cannot disagree on a field: the console's
+django-ninja endpoints take and return these pydantic models (they appear as-is in
+`/api/v1/openapi.json`), and the agent builds and parses the same classes.
+
+This module imports no Django (see the import-linter contracts in pyproject.toml).
+The hot inference path does not use pydantic; it is for the control plane only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Literal
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+# Paths of the console's node-facing API, relative to the console's base URL.
+ENROLL_PATH = "/api/v1/nodes/enroll"
+HEARTBEAT_PATH = "/api/v1/nodes/heartbeat"
+
+# How often a node reports unless the console says otherwise (seconds).
+DEFAULT_HEARTBEAT_INTERVAL_S = 5
+
+
+class WireModel(BaseModel):
+    # Unknown fields are refused so that a typo on one side is an error, not silent data loss.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- enrollment -----------------------------------------------------------------------------
+
+
+class EnrollRequest(WireModel):
+    token: str = Field(min_length=8, max_length=200, description="One-time enrollment token")
+    hostname: str = Field(min_length=1, max_length=255)
+    endpoint: str = Field(
+        max_length=500,
+        description="Base URL where the node serves OIP v2, as the console should reach it",
+    )
+    agent_version: str = Field(max_length=50)
+
+
+class EnrollResponse(WireModel):
+    node_uid: str = Field(description="The node's permanent identity")
+    name: str
+    region: str = Field(description="Region code, e.g. eu-west")
+    node_class: str = Field(description="nano, standard or accelerator")
+    credential: str = Field(description="Bearer secret for node calls; shown once")
+    console_public_key: str = Field(description="Ed25519 public key, base64 of the raw 32 bytes")
+    heartbeat_interval_s: int
+
+
+# --- heartbeat ------------------------------------------------------------------------------
+
+
+class LoadedModel(WireModel):
+    name: str = Field(max_length=200)
+    version: str = Field(max_length=50)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ready: bool
+
+
+class HeartbeatReport(WireModel):
+    """What a node says about itself, every few seconds."""
+
+    node_uid: str
+    agent_version: str = Field(max_length=50)
+    sent_at: AwareDatetime
+    uptime_s: float = Field(ge=0)
+    models: list[LoadedModel] = Field(default_factory=list, max_length=1000)
+    cpu_load: float = Field(ge=0, description="Load average over 1 min divided by cores")
+    memory_pressure: float = Field(ge=0, le=1, description="Share of memory in use, 0..1")
+    temperature_c: float | None = Field(default=None, description="Hottest sensor, if exposed")
+    queue_depth: int = Field(ge=0)
+    requests_total: int = Field(ge=0, description="Inferences answered since start")
+    errors_total: int = Field(ge=0, description="Inferences that failed since start")
+    bundle_revision: int | None = None
+
+
+class HeartbeatReply(WireModel):
+    """What the console wants of the node."""
+
+    status: Literal["online", "degraded", "offline"]
+    heartbeat_interval_s: int
+    server_time: datetime
+    desired_bundle_revision: int | None = None
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class ErrorBody(WireModel):
+    error: str
+
+
+# --- keys and signatures --------------------------------------------------------------------
+
+
+def canonical_json(value: object) -> bytes:
+    """The one byte form of a document that gets signed: sorted keys, no spaces, UTF-8."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z)
+
+
+def generate_private_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_to_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    return base64.b64encode(raw).decode()
+
+
+def private_key_from_b64(value: str) -> Ed25519PrivateKey:
+    raw = base64.b64decode(value, validate=True)
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 private key is 32 bytes, base64-encoded")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def public_key_to_b64(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def public_key_from_b64(value: str) -> Ed25519PublicKey:
+    raw = base64.b64decode(value, validate=True)
+    if len(raw) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes, base64-encoded")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A short, stable name for a public key, carried next to signatures for rotation."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign(key: Ed25519PrivateKey, payload: bytes) -> str:
+    return base64.b64encode(key.sign(payload)).decode()
+
+
+def verify(key: Ed25519PublicKey, payload: bytes, signature_b64: str) -> bool:
+    try:
+        key.verify(base64.b64decode(signature_b64, validate=True), payload)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def new_secret(prefix: str) -> str:
+    """A random bearer secret with a readable prefix (`opn_` node, `opk_` API key, `opt_` token)."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def hash_secret(secret: str) -> str:
+    """Secrets are stored hashed; they are random and long, so a plain SHA-256 is enough."""
+    return hashlib.sha256(secret.encode()).hexdigest()

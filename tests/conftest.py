@@ -1,0 +1,127 @@
+"""Fixtures shared by every app's tests. Data is built in plain sight: named users
+(alice the operator, bob from finance, carol a tenant member), two regions, three classes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from decimal import Decimal
+
+import pytest
+
+
+
+def require_binary(name: str) -> str:
+    """Path of a tool a test needs. CI installs them (.ci/run) and must fail, not skip,
+    when one is missing; on a developer's machine the test is skipped with the reason."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is required in CI but was not found on PATH")
+    pytest.skip(f"{name} is not installed (CI installs it; see .ci/run)")
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user(
+        "alice", "alice@provider.example", "alice-password", is_staff=True
+    )
+
+
+@pytest.fixture
+def bob(django_user_model):
+    from django.contrib.auth.models import Group
+
+    from billing.roles import FINANCE_GROUP
+
+    user = django_user_model.objects.create_user("bob", "bob@provider.example", "bob-password")
+    user.groups.add(Group.objects.get_or_create(name=FINANCE_GROUP)[0])
+    return user
+
+
+@pytest.fixture
+def acme(db):
+    from billing.models import Tenant
+
+    return Tenant.objects.create(slug="acme", name="Acme Analytics", time_zone="Europe/Berlin")
+
+
+@pytest.fixture
+def carol(django_user_model, acme):
+    from billing.models import Membership
+
+    user = django_user_model.objects.create_user("carol", "carol@acme.example", "carol-password")
+    Membership.objects.create(user=user, tenant=acme, role="owner")
+    return user
+
+
+@pytest.fixture
+def eu_west(db):
+    from fleet.models import Region
+
+    return Region.objects.create(
+        code="eu-west", name="Frankfurt", jurisdiction="DE", residency_zone="EU"
+    )
+
+
+@pytest.fixture
+def us_east(db):
+    from fleet.models import Region
+
+    return Region.objects.create(
+        code="us-east", name="Virginia", jurisdiction="US", residency_zone="US"
+    )
+
+
+@pytest.fixture
+def nano(db):
+    from fleet.models import NodeClass
+
+    return NodeClass.objects.create(
+        name="nano", capex=Decimal("600"), amortisation_months=36, idle_watts=Decimal("7"),
+        peak_watts=Decimal("25"), energy_price_per_kwh=Decimal("0.30"),
+        expected_utilisation=Decimal("0.4"), memory_bytes=8 * 2**30,
+    )
+
+
+@pytest.fixture
+def standard(db):
+    from fleet.models import NodeClass
+
+    return NodeClass.objects.create(
+        name="standard", capex=Decimal("4500"), amortisation_months=48, idle_watts=Decimal("90"),
+        peak_watts=Decimal("350"), energy_price_per_kwh=Decimal("0.30"),
+        expected_utilisation=Decimal("0.5"), memory_bytes=128 * 2**30,
+    )
+
+
+@pytest.fixture
+def accelerator(db):
+    from fleet.models import NodeClass
+
+    return NodeClass.objects.create(
+        name="accelerator", capex=Decimal("32000"), amortisation_months=36,
+        idle_watts=Decimal("250"), peak_watts=Decimal("1100"),
+        energy_price_per_kwh=Decimal("0.30"), expected_utilisation=Decimal("0.6"),
+        memory_bytes=512 * 2**30, has_gpu=True,
+    )
+
+
+@pytest.fixture
+def make_node(db):
+    """make_node("edge-1", region, node_class) → an enrolled Node (credential in `.credential`)."""
+    from fleet.models import Node
+
+    counter = iter(range(1, 10_000))
+
+    def make(name, region, node_class, **fields):
+        credential, credential_hash = Node.new_credential()
+        node = Node.objects.create(
+            uid=f"nd-test{next(counter):04d}", name=name, region=region, node_class=node_class,
+            endpoint=f"http://127.0.0.1:9/{name}", credential_hash=credential_hash, **fields,
+        )
+        node.credential = credential
+        return node
+
+    return make
