@@ -1,0 +1,73 @@
+"""Helpers for tests that start real processes: agents, Celery workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_url_for_processes() -> str:
+    """The URL of the database this test runs on, for processes the test starts."""
+    s = connection.settings_dict
+    if s["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{s['NAME']}"
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    return f"postgres://{s['USER']}{password}@{host}:{port}/{s['NAME']}"
+
+
+def wait_until(predicate, *, timeout: float = 20, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def start_process(tmp_path):
+    """start_process(name, args, env=...) → Popen; every process is stopped after the test."""
+    processes: list[tuple[subprocess.Popen, object]] = []
+
+    def start(name: str, args: list[str], *, env: dict | None = None) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "w+b")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+        proc.log_path = tmp_path / f"{name}.log"
+        processes.append((proc, log))
+        return proc
+
+    yield start
+    for proc, log in processes:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def python() -> str:
+    return sys.executable
