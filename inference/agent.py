@@ -1,0 +1,340 @@
+"""The node's link to the console: enrollment once, then heartbeats forever.
+
+Runs as one asyncio task in the server's event loop (httpx.AsyncClient), so a slow or dead
+console never blocks serving. The wire formats are `inference/protocol.py`'s.
+
+- Identity: `STATE_DIR/identity.json` holds the console's `EnrollResponse` (mode 0600, written
+  atomically). When it exists it is used and no enrollment happens, whatever `--enroll` says:
+  enrollment tokens are one-time, the credential is the node's identity.
+- Enrollment: network errors, 429 and 5xx are retried with capped exponential backoff and
+  jitter; any other 4xx means the token is bad and the agent exits with a clear message.
+- Heartbeats: every `heartbeat_interval_s` (from the enrollment, then from each reply). Failures
+  back off the same way; a 401 means the credential was revoked and is logged loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import stat
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import psutil
+from pydantic import ValidationError
+
+from inference import __version__, protocol
+
+if TYPE_CHECKING:  # the CLI checks the identity before it imports onnxruntime and the rest
+    from inference.metrics import AgentMetrics
+    from inference.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.json"
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+MIN_INTERVAL_S = 1.0
+
+
+class IdentityError(Exception):
+    pass
+
+
+class EnrollmentRefused(Exception):
+    pass
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def backoff_delay(
+    attempt: int,
+    base: float = BACKOFF_BASE_S,
+    cap: float = BACKOFF_CAP_S,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Delay before retry number `attempt` (1-based): exponential, capped, with "equal jitter"
+    (half fixed, half random) so a fleet that lost its console does not return in lockstep."""
+    ceiling = min(cap, base * (2 ** min(attempt - 1, 30)))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def load_identity(state_dir: Path) -> protocol.EnrollResponse | None:
+    path = state_dir / IDENTITY_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise IdentityError(f"cannot read {path}: {exc}") from exc
+    try:
+        identity = protocol.EnrollResponse.model_validate_json(raw)
+    except ValidationError as exc:
+        raise IdentityError(
+            f"{path} is not a valid node identity ({exc.error_count()} problem(s)); move it "
+            "away and enroll again with a new token"
+        ) from exc
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("%s is readable by others (mode %o); it holds the node credential", path, mode)
+    return identity
+
+
+def save_identity(state_dir: Path, identity: protocol.EnrollResponse) -> Path:
+    """Write the identity atomically (temp file, fsync, rename), readable by the owner only."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / IDENTITY_FILE
+    temporary = state_dir / f".{IDENTITY_FILE}.{os.getpid()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(identity.model_dump_json(indent=2).encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def hottest_temperature() -> float | None:
+    reader = getattr(psutil, "sensors_temperatures", None)
+    if reader is None:
+        return None
+    try:
+        sensors = reader()
+    except Exception:  # some kernels expose broken sensor files
+        return None
+    readings = [t.current for entries in sensors.values() for t in entries if t.current is not None]
+    return float(max(readings)) if readings else None
+
+
+def system_readings() -> tuple[float, float, float | None]:
+    """CPU load (1-min load average per core), memory pressure (0..1), hottest sensor."""
+    cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    memory = psutil.virtual_memory().percent / 100
+    return max(cpu, 0.0), min(max(memory, 0.0), 1.0), hottest_temperature()
+
+
+def build_report(
+    identity: protocol.EnrollResponse,
+    repository: ModelRepository,
+    metrics: AgentMetrics,
+    *,
+    uptime_s: float,
+    readings: tuple[float, float, float | None],
+) -> protocol.HeartbeatReport:
+    from inference.repository import READY
+
+    cpu, memory, temperature = readings
+    models = [
+        protocol.LoadedModel(
+            name=entry.name,
+            version=entry.runner.spec.version if entry.runner else "1",
+            sha256=entry.sha256,
+            ready=entry.state == READY,
+        )
+        for entry in repository.entries.values()
+        if entry.sha256 is not None
+    ][:1000]
+    return protocol.HeartbeatReport(
+        node_uid=identity.node_uid,
+        agent_version=__version__,
+        sent_at=datetime.now(UTC),
+        uptime_s=uptime_s,
+        models=models,
+        cpu_load=cpu,
+        memory_pressure=memory,
+        temperature_c=temperature,
+        queue_depth=repository.queue_depth(),
+        requests_total=metrics.requests_total,
+        errors_total=metrics.errors_total,
+        bundle_revision=None,
+    )
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+class ConsoleLink:
+    def __init__(
+        self,
+        console_url: str,
+        state_dir: Path,
+        *,
+        enroll_token: str | None,
+        endpoint: str,
+        repository: ModelRepository,
+        metrics: AgentMetrics,
+        on_fatal: Callable[[str], None],
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.console_url = console_url.rstrip("/")
+        self.state_dir = state_dir
+        self.enroll_token = enroll_token
+        self.endpoint = endpoint
+        self.repository = repository
+        self.metrics = metrics
+        self.on_fatal = on_fatal
+        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self.identity: protocol.EnrollResponse | None = None
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        try:
+            identity = load_identity(self.state_dir)
+            if identity is None:
+                if not self.enroll_token:
+                    raise IdentityError(
+                        f"no node identity in {self.state_dir} and no --enroll token to get one"
+                    )
+                identity = await self.enroll(self.enroll_token)
+                path = save_identity(self.state_dir, identity)
+                log.info(
+                    "enrolled as node %s (%s); identity saved to %s",
+                    identity.name,
+                    identity.node_uid,
+                    path,
+                )
+            else:
+                log.info(
+                    "using the identity in %s: node %s (%s)",
+                    self.state_dir / IDENTITY_FILE,
+                    identity.name,
+                    identity.node_uid,
+                )
+            self.identity = identity
+            await self.heartbeat_forever(identity)
+        except (IdentityError, EnrollmentRefused) as exc:
+            self.on_fatal(str(exc))
+        finally:
+            await self.client.aclose()
+
+    async def enroll(self, token: str) -> protocol.EnrollResponse:
+        request = protocol.EnrollRequest(
+            token=token,
+            hostname=socket.gethostname(),
+            endpoint=self.endpoint,
+            agent_version=__version__,
+        )
+        url = self.console_url + protocol.ENROLL_PATH
+        attempt = 0
+        while True:
+            try:
+                response = await self.client.post(
+                    url,
+                    content=request.model_dump_json(),
+                    headers={"content-type": "application/json"},
+                )
+            except httpx.HTTPError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code in (200, 201):
+                    try:
+                        return protocol.EnrollResponse.model_validate_json(response.content)
+                    except ValidationError as exc:
+                        raise EnrollmentRefused(
+                            f"the console at {self.console_url} answered enrollment with a body "
+                            f"this agent does not understand: {exc}"
+                        ) from exc
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    raise EnrollmentRefused(
+                        f"the console refused enrollment (HTTP {response.status_code}: "
+                        f"{_error_text(response)}); check the --enroll token, which is "
+                        "one-time and expires"
+                    )
+                reason = f"HTTP {response.status_code}"
+            attempt += 1
+            delay = backoff_delay(attempt)
+            log.warning("enrollment at %s failed (%s); retrying in %.1f s", url, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def heartbeat_forever(self, identity: protocol.EnrollResponse) -> None:
+        url = self.console_url + protocol.HEARTBEAT_PATH
+        headers = {
+            "authorization": f"Bearer {identity.credential}",
+            "content-type": "application/json",
+        }
+        interval = max(float(identity.heartbeat_interval_s), MIN_INTERVAL_S)
+        failures = 0
+        while True:
+            readings = await asyncio.to_thread(system_readings)
+            report = build_report(
+                identity,
+                self.repository,
+                self.metrics,
+                uptime_s=time.monotonic() - self.started,
+                readings=readings,
+            )
+            ok, new_interval = await self._send_heartbeat(url, headers, report)
+            if ok:
+                if failures:
+                    log.info("console reachable again after %d failed heartbeat(s)", failures)
+                failures = 0
+                self.metrics.heartbeats["success"] += 1
+                if new_interval is not None:
+                    interval = max(float(new_interval), MIN_INTERVAL_S)
+                delay = interval
+            else:
+                failures += 1
+                self.metrics.heartbeats["failure"] += 1
+                delay = backoff_delay(failures)
+            await asyncio.sleep(delay)
+
+    async def _send_heartbeat(
+        self, url: str, headers: dict[str, str], report: protocol.HeartbeatReport
+    ) -> tuple[bool, int | None]:
+        try:
+            response = await self.client.post(
+                url, content=report.model_dump_json(), headers=headers
+            )
+        except httpx.HTTPError as exc:
+            log.warning("heartbeat to %s failed: %s: %s", url, type(exc).__name__, exc)
+            return False, None
+        if response.status_code == 401:
+            log.error(
+                "!!! THE CONSOLE REJECTED THIS NODE'S CREDENTIAL (HTTP 401: %s). The node may "
+                "have been revoked; it keeps serving but is not reporting. Re-enroll it with a "
+                "new token after moving %s away. !!!",
+                _error_text(response),
+                self.state_dir / IDENTITY_FILE,
+            )
+            return False, None
+        if response.status_code != 200:
+            log.warning(
+                "heartbeat answered HTTP %d: %s", response.status_code, _error_text(response)
+            )
+            return False, None
+        try:
+            reply = protocol.HeartbeatReply.model_validate_json(response.content)
+        except ValidationError as exc:
+            log.warning("heartbeat reply not understood (%s); keeping the interval", exc)
+            return True, None
+        return True, reply.heartbeat_interval_s
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or "no body"
+    if isinstance(body, dict):
+        for key in ("error", "detail", "message"):
+            if key in body:
+                return str(body[key])[:200]
+    return str(body)[:200]

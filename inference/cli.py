@@ -1,0 +1,304 @@
+"""`python -m inference serve|demo-models`: the agent's command line.
+
+`serve` binds the socket itself (so a taken port fails before anything loads, and `--port 0`
+picks a free one), prints one start line, and runs the raw ASGI app of `inference/server.py`
+under uvicorn with uvloop and httptools. Models load in the background: `/v2/health/live`
+answers at once, `/v2/health/ready` once every model is warmed up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from inference import __version__
+from inference.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    GRAPH_OPTIMIZATION_LEVELS,
+    PROVIDER_ALIASES,
+    BatchSettings,
+    SessionSettings,
+    SettingsError,
+    parse_batch_size,
+    parse_delay_ms,
+)
+
+log = logging.getLogger("inference")
+
+ADMIN_TOKEN_ENV = "OUTPOST_NODE_ADMIN_TOKEN"  # noqa: S105 - the name of the variable, not a secret
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference", description="Outpost node agent (OIP v2 over ONNX Runtime)"
+    )
+    parser.add_argument("--version", action="version", version=f"outpost-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the ONNX models of a directory")
+    serve.add_argument("--models", required=True, type=Path, help="directory of *.onnx files")
+    serve.add_argument("--port", required=True, type=int, help="TCP port (0 picks a free one)")
+    serve.add_argument(
+        "--state-dir", required=True, type=Path, help="where the node keeps its identity and state"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--console", help="console base URL; enables enrollment and heartbeats")
+    serve.add_argument(
+        "--enroll",
+        metavar="TOKEN",
+        help="one-time enrollment token (ignored when the state dir has an identity)",
+    )
+    serve.add_argument(
+        "--advertise", metavar="URL", help="base URL the console should use to reach this node"
+    )
+    serve.add_argument(
+        "--admin-token",
+        help=f"bearer token for model control (or env {ADMIN_TOKEN_ENV}); "
+        "without one, model control is allowed from loopback only",
+    )
+    tuning = serve.add_argument_group("tuning")
+    tuning.add_argument("--max-batch-size", type=int, default=32)
+    tuning.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=1.0,
+        help="longest a request that arrived while its model was busy waits "
+        "for companions (default 1.0)",
+    )
+    tuning.add_argument(
+        "--inline-threshold-us",
+        type=float,
+        default=150.0,
+        help="batches expected to run faster than this run on the event loop (default 150)",
+    )
+    tuning.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime threads per run (default: cores - 1, at least 1, so the event loop "
+        "keeps a core; 0 lets ONNX Runtime choose)",
+    )
+    tuning.add_argument(
+        "--intra-op-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="let idle ONNX Runtime threads spin (default off: the event loop needs the core)",
+    )
+    tuning.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
+    tuning.add_argument(
+        "--execution-provider",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="cpu, cuda, or a full ONNX Runtime provider name; repeatable, in order of preference",
+    )
+    tuning.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body accepted (default 32 MiB)",
+    )
+    tuning.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+    demo = commands.add_parser("demo-models", help="write the demo ONNX models into a directory")
+    demo.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo-models":
+        return demo_models(args.directory)
+    return serve(args)
+
+
+def demo_models(directory: Path) -> int:
+    from inference.demo_models import write_demo_models
+
+    for path, digest in write_demo_models(directory):
+        print(f"{path}  sha256 {digest}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"outpost-agent: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from inference.agent import ConsoleLink, IdentityError, load_identity
+
+    models_dir: Path = args.models
+    if not models_dir.is_dir():
+        return _fail(f"--models {models_dir} is not a directory")
+    if args.enroll and not args.console:
+        return _fail("--enroll needs --console URL")
+    if not 0 <= args.port <= 65535:
+        return _fail("--port must be 0..65535")
+    try:
+        batching = BatchSettings(
+            max_batch_size=parse_batch_size(args.max_batch_size, "--max-batch-size"),
+            max_queue_delay_ms=parse_delay_ms(args.max_queue_delay_ms, "--max-queue-delay-ms"),
+            inline_threshold_us=max(0.0, args.inline_threshold_us),
+        )
+    except SettingsError as exc:
+        return _fail(str(exc))
+    if args.intra_op_threads is None:
+        # Measured on 2 cores: one intra-op thread serves more requests per second than two,
+        # because the event loop (parsing, batching, encoding) needs a core of its own.
+        args.intra_op_threads = max(1, (os.cpu_count() or 2) - 1)
+    elif args.intra_op_threads < 0:
+        return _fail("--intra-op-threads must be >= 0")
+    if args.max_body_bytes < 1024:
+        return _fail("--max-body-bytes must be at least 1024")
+    state_dir: Path = args.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        return _fail(f"cannot create --state-dir {state_dir}: {exc}")
+    if args.console:
+        try:
+            identity = load_identity(state_dir)
+        except IdentityError as exc:
+            return _fail(str(exc))
+        if identity is None and not args.enroll:
+            return _fail(f"{state_dir} has no node identity yet: pass --enroll TOKEN")
+
+    # The heavy imports come after the cheap checks, so a wrong flag fails fast.
+    import uvicorn
+
+    from inference.metrics import AgentMetrics
+    from inference.models import resolve_providers
+    from inference.repository import ModelRepository
+    from inference.server import AgentApp
+
+    requested = [PROVIDER_ALIASES.get(p.lower(), p) for p in args.execution_provider]
+    providers, warnings = resolve_providers(requested)
+    for warning in warnings:
+        log.warning(warning)
+    session = SessionSettings(
+        intra_op_threads=args.intra_op_threads,
+        graph_optimization=args.graph_optimization,
+        intra_op_spinning=args.intra_op_spinning,
+        execution_providers=providers,
+    )
+    admin_token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc}")
+    host, port = sock.getsockname()[:2]
+    url = _url(host, port)
+
+    metrics = AgentMetrics()
+    metrics.mode = "enrolled" if args.console else "standalone"
+    # onnxruntime releases the GIL while running, so runs of different models overlap here.
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="outpost-run")
+    repository = ModelRepository(models_dir, session, batching, executor, metrics)
+    metrics.models_loaded = lambda: len(repository.runners)
+    metrics.queue_depth = repository.queue_depth
+
+    exit_code = 0
+    server: uvicorn.Server | None = None
+    tasks: list[asyncio.Task] = []
+
+    def fatal(message: str) -> None:
+        nonlocal exit_code
+        log.critical(message)
+        print(f"outpost-agent: error: {message}", file=sys.stderr, flush=True)
+        exit_code = 1
+        if server is not None:
+            server.should_exit = True
+
+    link = None
+    if args.console:
+        # Bound to every interface: the console can only reach us by a real name.
+        wildcard = host in ("0.0.0.0", "::")  # noqa: S104
+        advertise = args.advertise or _url(socket.gethostname() if wildcard else host, port)
+        link = ConsoleLink(
+            args.console,
+            state_dir,
+            enroll_token=args.enroll,
+            endpoint=advertise,
+            repository=repository,
+            metrics=metrics,
+            on_fatal=fatal,
+        )
+
+    async def startup() -> None:
+        tasks.append(asyncio.create_task(repository.load_all(), name="load-models"))
+        if link is not None:
+            tasks.append(asyncio.create_task(link.run(), name="console-link"))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        repository.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = AgentApp(
+        repository,
+        metrics,
+        max_body_bytes=args.max_body_bytes,
+        admin_token=admin_token,
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+    )
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        server_header=False,
+        # No proxy-header rewriting: it costs per request, and the loopback check of model
+        # control must see the real peer (behind a reverse proxy, use --admin-token).
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    names = repository.discover()
+    mode = f"enrolled with {args.console}" if args.console else "standalone"
+    print(
+        f"outpost-agent {__version__} listening on {url} ({mode}); "
+        f"models: {', '.join(names) or 'none'} (loading)",
+        flush=True,
+    )
+    server.run(sockets=[sock])
+    return exit_code

@@ -1,0 +1,215 @@
+"""Prometheus metrics of the agent, cheap enough for the hot path.
+
+All updates happen on the event loop thread (the batcher reports back there), so the counters
+and histograms are plain Python numbers without locks: an `observe` is a bisect and two
+additions. A custom collector turns them into Prometheus families only when `/metrics` is
+scraped, through prometheus_client's own registry and text format.
+
+Labels are model names and outcomes only; never tenant or request ids (unbounded cardinality).
+Requests for models that do not exist are counted without a model label, for the same reason.
+"""
+
+from __future__ import annotations
+
+import platform
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from inference import __version__
+
+OUTCOMES = ("success", "client_error", "server_error")
+
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+QUEUE_BUCKETS = (
+    0.00001,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    1.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left finds the first bound >= value, which is Prometheus' `le` bucket.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        total = 0
+        buckets = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return buckets
+
+
+class ModelStats:
+    """Counters of one model; kept after an unload so counters never go backwards."""
+
+    __slots__ = ("outcomes", "duration", "queue", "batch", "run")
+
+    def __init__(self) -> None:
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.duration = Histogram(DURATION_BUCKETS)
+        self.queue = Histogram(QUEUE_BUCKETS)
+        self.batch = Histogram(BATCH_BUCKETS)
+        self.run = Histogram(DURATION_BUCKETS)
+
+
+def outcome_of(status: int) -> str:
+    if status < 400:
+        return "success"
+    return "client_error" if status < 500 else "server_error"
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.models: dict[str, ModelStats] = {}
+        # Infer requests for models that do not exist, by outcome (no model label, see above).
+        self.unknown_model_requests = 0
+        self.requests_total = 0
+        self.errors_total = 0
+        self.heartbeats = {"success": 0, "failure": 0}
+        self.mode = "standalone"
+        # Filled by the server: callables reading live state at scrape time.
+        self.models_loaded = lambda: 0
+        self.queue_depth = lambda: 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_Collector(self))
+        ProcessCollector(namespace="outpost", registry=self.registry)
+
+    def stats(self, model: str) -> ModelStats:
+        stats = self.models.get(model)
+        if stats is None:
+            stats = self.models[model] = ModelStats()
+        return stats
+
+    def record_request(self, stats: ModelStats | None, status: int, seconds: float) -> None:
+        self.requests_total += 1
+        if status >= 400:
+            self.errors_total += 1
+        if stats is None:
+            self.unknown_model_requests += 1
+            return
+        stats.outcomes[outcome_of(status)] += 1
+        stats.duration.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        info = InfoMetricFamily("outpost_agent", "The node agent's version and mode")
+        info.add_metric(
+            [],
+            {"version": __version__, "mode": m.mode, "python": platform.python_version()},
+        )
+        yield info
+
+        requests = CounterMetricFamily(
+            "outpost_inference_requests",
+            "Inference requests answered, by model and outcome",
+            labels=["model", "outcome"],
+        )
+        for name, stats in sorted(m.models.items()):
+            for outcome, count in stats.outcomes.items():
+                requests.add_metric([name, outcome], count)
+        yield requests
+
+        unknown = CounterMetricFamily(
+            "outpost_inference_unknown_model_requests",
+            "Inference requests for a model or version this node does not serve",
+        )
+        unknown.add_metric([], m.unknown_model_requests)
+        yield unknown
+
+        for attr, name, help_text in (
+            (
+                "duration",
+                "outpost_inference_request_duration_seconds",
+                "Time from receiving an inference request to answering it",
+            ),
+            (
+                "queue",
+                "outpost_inference_queue_duration_seconds",
+                "Time a request waited in the batcher before its model run started",
+            ),
+            ("run", "outpost_inference_run_duration_seconds", "Time of one model run (one batch)"),
+            (
+                "batch",
+                "outpost_inference_batch_size",
+                "Rows in one model run (requests gathered by the dynamic batcher)",
+            ),
+        ):
+            family = HistogramMetricFamily(name, help_text, labels=["model"])
+            for model, stats in sorted(m.models.items()):
+                histogram: Histogram = getattr(stats, attr)
+                family.add_metric([model], histogram.cumulative(), histogram.sum)
+            yield family
+
+        loaded = GaugeMetricFamily("outpost_models_loaded", "Models loaded and ready to serve")
+        loaded.add_metric([], m.models_loaded())
+        yield loaded
+
+        depth = GaugeMetricFamily(
+            "outpost_inference_queue_depth", "Requests waiting in the batcher right now"
+        )
+        depth.add_metric([], m.queue_depth())
+        yield depth
+
+        heartbeats = CounterMetricFamily(
+            "outpost_console_heartbeats",
+            "Heartbeats sent to the console, by outcome",
+            labels=["outcome"],
+        )
+        for outcome, count in m.heartbeats.items():
+            heartbeats.add_metric([outcome], count)
+        yield heartbeats

@@ -1,0 +1,339 @@
+"""The agent's HTTP surface: a raw ASGI app speaking Open Inference Protocol v2.
+
+No framework on the hot path: routing is a dict lookup and a split, bodies are read straight
+from ASGI messages, and responses are two `send` calls. Request validation lives in
+`inference/codec.py`, batching in `inference/batching.py`; this module maps their results and
+errors to HTTP. Whatever a client sends, the worst it gets is an error response: every
+handler's failure is caught and answered with a 500, and the server stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+
+from inference import __version__
+from inference.asgi import (
+    CLOSE,
+    JSON,
+    OCTETS,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    admin_denied,
+    error_body,
+    length_headers,
+    method_not_allowed,
+    method_ok,
+    read_body,
+    respond,
+)
+from inference.batching import RunFailed
+from inference.codec import RequestError, decode_infer_request, encode_infer_response
+from inference.metrics import AgentMetrics
+from inference.repository import LOADING, LoadFailed, ModelRepository, UnknownModel
+from inference.specs import model_config, model_metadata
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+SERVER_NAME = "outpost-agent"
+EXTENSIONS = ["model_repository", "model_configuration", "binary_tensor_data"]
+
+_SERVED_BY = (b"x-outpost-served-by", b"local")
+_MODELS_PREFIX = "/v2/models/"
+_REPOSITORY_PREFIX = "/v2/repository/models/"
+
+
+class AgentApp:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: AgentMetrics,
+        *,
+        max_body_bytes: int,
+        admin_token: str | None,
+        on_startup: list[Hook] | None = None,
+        on_shutdown: list[Hook] | None = None,
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self._admin_token = admin_token.encode() if admin_token else None
+        self.on_startup = on_startup or []
+        self.on_shutdown = on_shutdown or []
+        self._server_metadata = orjson.dumps(
+            {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        )
+        # path -> (method, handler) for the fixed paths; model paths are parsed in _model_route.
+        self._routes: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
+            "/v2/health/live": ("GET", self._live),
+            "/v2/health/ready": ("GET", self._ready),
+            "/v2": ("GET", self._server_meta),
+            "/v2/": ("GET", self._server_meta),
+            "/metrics": ("GET", self._metrics),
+            "/v2/repository/index": ("POST", self._repository_index),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            try:
+                await self._http(scope, receive, send)
+            except ClientGone:
+                pass
+            except Exception:
+                log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+                try:
+                    await respond(send, 500, error_body("internal error in the agent"), extra=CLOSE)
+                except Exception:  # the response had already started; nothing more to say
+                    log.debug("could not send the 500 response", exc_info=True)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith(_MODELS_PREFIX):
+            await self._model_route(path[len(_MODELS_PREFIX) :], method, scope, receive, send)
+            return
+        if path.startswith(_REPOSITORY_PREFIX):
+            await self._repository_route(
+                path[len(_REPOSITORY_PREFIX) :], method, scope, receive, send
+            )
+            return
+        route = self._routes.get(path)
+        if route is None:
+            await respond(send, 404, error_body(f"no such endpoint: {path}"))
+            return
+        allowed, handler = route
+        if not method_ok(method, allowed):
+            await method_not_allowed(send, method, path, allowed)
+            return
+        await handler(scope, receive, send)
+
+    # --- health, metadata, metrics -----------------------------------------------------------
+
+    async def _live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, b"{}")
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.repository.is_ready():
+            await respond(send, 200, b"{}")
+        else:
+            await respond(send, 503, error_body("models are still loading or failed to load"))
+
+    async def _server_meta(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, self._server_metadata)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, self.metrics.render(), CONTENT_TYPE_PLAIN_0_0_4.encode())
+
+    # --- /v2/models/... ---------------------------------------------------------------------
+
+    async def _model_route(
+        self, rest: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        parts = rest.split("/")
+        name = parts[0]
+        version: str | None = None
+        if len(parts) >= 3 and parts[1] == "versions":
+            version = parts[2]
+            action = parts[3:]
+        else:
+            action = parts[1:]
+        if not name or len(action) > 1 or (version is not None and not version):
+            await respond(send, 404, error_body(f"no such endpoint: {scope['path']}"))
+            return
+        verb = action[0] if action else ""
+        if verb == "infer":
+            if method != "POST":
+                await method_not_allowed(send, method, scope["path"], "POST")
+                return
+            await self._infer(scope, receive, send, name, version)
+            return
+        if verb not in ("", "ready", "config"):
+            await respond(send, 404, error_body(f"no such endpoint: {scope['path']}"))
+            return
+        if not method_ok(method, "GET"):
+            await method_not_allowed(send, method, scope["path"], "GET")
+            return
+        runner = self.repository.runners.get(name)
+        if runner is None or (version is not None and version != runner.spec.version):
+            status, message = self._unavailable(name, version)
+            await respond(send, status, error_body(message))
+        elif verb == "ready":
+            await respond(send, 200, b"{}")
+        elif verb == "config":
+            await respond(
+                send, 200, model_config(runner.spec, runner.model.batching.max_queue_delay_ms)
+            )
+        else:
+            await respond(send, 200, model_metadata(runner.spec))
+
+    def _unavailable(self, name: str, version: str | None) -> tuple[int, str]:
+        entry = self.repository.entries.get(name)
+        if entry is None:
+            return 404, f"unknown model '{name}'"
+        if (
+            entry.runner is not None
+            and version is not None
+            and version != entry.runner.spec.version
+        ):
+            return 404, (
+                f"model '{name}' has no version '{version}' (this node serves version "
+                f"{entry.runner.spec.version})"
+            )
+        if entry.state == LOADING:
+            return 503, f"model '{name}' is loading"
+        return 503, f"model '{name}' is unavailable: {entry.reason}"
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        started = time.perf_counter()
+        runner = self.repository.runners.get(name)
+        if runner is None or (version is not None and version != runner.spec.version):
+            status, message = self._unavailable(name, version)
+            self.metrics.record_request(None, status, time.perf_counter() - started)
+            # The body was not read; closing the connection spares us reading it.
+            await respond(send, status, error_body(message), extra=CLOSE)
+            return
+        stats = self.metrics.models[name]
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        run_seconds = 0.0
+        try:
+            declared, json_length = length_headers(scope["headers"])
+            body = await read_body(receive, self.max_body_bytes, declared)
+            request = decode_infer_request(body, json_length, runner.spec)
+            outputs, run_seconds = await runner.infer(request.arrays, request.rows, request.key)
+            payload, header_length = encode_infer_response(runner.spec, request, outputs)
+            status = 200
+            if header_length is None:
+                content_type = JSON
+            else:
+                content_type = OCTETS
+                extra = ((b"inference-header-content-length", b"%d" % header_length),)
+        except BodyTooLarge as exc:
+            status, payload, content_type, extra = 413, error_body(str(exc)), JSON, CLOSE
+        except (RequestError, RunFailed) as exc:
+            status, payload, content_type = exc.status, error_body(exc.message), JSON
+        except ClientGone:
+            raise
+        except Exception:  # counted as a server error below, and the server stays up
+            log.exception("inference on model %s failed unexpectedly", name)
+            status, payload, content_type = 500, error_body("internal error in the agent"), JSON
+        elapsed = time.perf_counter() - started
+        self.metrics.record_request(stats, status, elapsed)
+        await respond(
+            send,
+            status,
+            payload,
+            content_type,
+            [
+                *extra,
+                _SERVED_BY,
+                (b"x-outpost-overhead-ms", b"%.3f" % ((elapsed - run_seconds) * 1000)),
+            ],
+        )
+
+    # --- /v2/repository/... (Triton's model repository extension) ---------------------------
+
+    async def _admin_body(self, scope: Scope, receive: Receive, send: Send) -> dict | None:
+        """Authorise and parse a model-control request; answers and returns None on failure."""
+        denied = admin_denied(scope, self._admin_token)
+        if denied is not None:
+            status, message = denied
+            extra = ((b"www-authenticate", b"Bearer"),) if status == 401 else ()
+            await respond(send, status, error_body(message), extra=(*extra, *CLOSE))
+            return None
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
+        try:
+            body = await read_body(receive, self.max_body_bytes, declared)
+        except BodyTooLarge as exc:
+            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+            return None
+        if not body.strip():
+            return {}
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            await respond(send, 400, error_body(f"malformed JSON in request body: {exc}"))
+            return None
+        if not isinstance(document, dict):
+            await respond(send, 400, error_body("the request body must be a JSON object"))
+            return None
+        return document
+
+    async def _repository_index(self, scope: Scope, receive: Receive, send: Send) -> None:
+        document = await self._admin_body(scope, receive, send)
+        if document is None:
+            return
+        ready_only = document.get("ready") is True
+        await respond(send, 200, orjson.dumps(self.repository.index(ready_only)))
+
+    async def _repository_route(
+        self, rest: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        name, _, action = rest.partition("/")
+        if not name or action not in ("load", "unload"):
+            await respond(send, 404, error_body(f"no such endpoint: {scope['path']}"))
+            return
+        if method != "POST":
+            await method_not_allowed(send, method, scope["path"], "POST")
+            return
+        document = await self._admin_body(scope, receive, send)
+        if document is None:
+            return
+        parameters = document.get("parameters") or {}
+        if (
+            action == "load"
+            and isinstance(parameters, dict)
+            and any(k == "config" or k.startswith("file:") for k in parameters)
+        ):
+            await respond(
+                send, 400, error_body("loading with a config override or files is not supported")
+            )
+            return
+        try:
+            if action == "load":
+                await self.repository.load(name)
+            else:
+                await self.repository.unload(name)
+        except UnknownModel as exc:
+            await respond(send, 404, error_body(str(exc)))
+            return
+        except LoadFailed as exc:
+            await respond(send, 400, error_body(f"failed to load '{name}': {exc}"))
+            return
+        await respond(send, 200, b"")
+
+    # --- lifespan -------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.on_startup:
+                        await hook()
+                except Exception as exc:
+                    log.exception("agent startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("agent shutdown step failed")
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,346 @@
+"""Helpers for tests of the node agent: small ONNX models, real agent processes, a fake console.
+
+Used by tests/inference (unit level) and tests/integration/test_agent_*.py (real processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import onnx
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parents[2]
+
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def make_model(nodes, name, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def identity_model(path: Path, datatype: str, shape: tuple = ("batch", 3)) -> Path:
+    """`x` -> `y` unchanged: the smallest model of a given element type."""
+    kind = ONNX_TYPES[datatype]
+    return save(
+        make_model(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            path.stem,
+            [helper.make_tensor_value_info("x", kind, list(shape))],
+            [helper.make_tensor_value_info("y", kind, list(shape))],
+        ),
+        path,
+    )
+
+
+def add_sub_model(path: Path, width: int = 4) -> Path:
+    """Two FP32 inputs `a`, `b` [batch, width] -> `sum` and `difference`."""
+    tensor = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])  # noqa: E731
+    return save(
+        make_model(
+            [
+                helper.make_node("Add", ["a", "b"], ["sum"]),
+                helper.make_node("Sub", ["a", "b"], ["difference"]),
+            ],
+            path.stem,
+            [tensor("a"), tensor("b")],
+            [tensor("sum"), tensor("difference")],
+        ),
+        path,
+    )
+
+
+def doubler_model(path: Path, width: int = 4) -> Path:
+    """`x` [batch, width] FP32 -> `y` = 2x."""
+    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
+    return save(
+        make_model(
+            [helper.make_node("Mul", ["x", "two"], ["y"])],
+            path.stem,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+            [two],
+        ),
+        path,
+    )
+
+
+def sequence_model(path: Path) -> Path:
+    """`x` [batch, length] FP32 with a dynamic length -> `total` [batch] (sum over length)."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    return save(
+        make_model(
+            [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0)],
+            path.stem,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+            [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"])],
+            [axes],
+        ),
+        path,
+    )
+
+
+def fixed_model(path: Path) -> Path:
+    """`x` [2, 3] FP32 with no batch dimension -> `y` = x + 1."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    return save(
+        make_model(
+            [helper.make_node("Add", ["x", "one"], ["y"])],
+            path.stem,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+            [one],
+        ),
+        path,
+    )
+
+
+# --- real agent processes ---------------------------------------------------------------------
+
+START_LINE = re.compile(r"listening on (http://[^\s]+) ")
+
+
+@dataclass
+class Agent:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    client: httpx.Client = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        """host:port, as tritonclient wants it."""
+        return self.url.removeprefix("http://")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return self.client.get(self.url + path, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return self.client.post(self.url + path, **kwargs)
+
+    def metrics(self) -> str:
+        return self.get("/metrics").text
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float = 20, what: str = "it") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def agent_command(models: Path, state: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "inference",
+        "serve",
+        "--models",
+        str(models),
+        "--port",
+        "0",
+        "--state-dir",
+        str(state),
+        *args,
+    ]
+
+
+@contextmanager
+def running_agent(
+    models: Path,
+    state: Path,
+    *args: str,
+    log_path: Path,
+    ready: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> Iterator[Agent]:
+    """Start `python -m inference serve` on a free port, wait for its start line (and for
+    readiness unless ready=False), and stop it afterwards."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            agent_command(models, state, *args),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    client = httpx.Client(timeout=10)
+    try:
+
+        def started() -> str | None:
+            match = START_LINE.search(log_path.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the agent exited with {process.returncode}:\n{log_path.read_text()}"
+                )
+            return None
+
+        url = wait_until(started, timeout=timeout, what="the agent's start line")
+        agent = Agent(process=process, url=str(url), log_path=log_path, client=client)
+        if ready:
+            wait_until(
+                lambda: _status(agent, "/v2/health/ready") == 200,
+                timeout=timeout,
+                what="the agent to be ready",
+            )
+        yield agent
+    finally:
+        client.close()
+        stop(process)
+
+
+def _status(agent: Agent, path: str) -> int | None:
+    if agent.process.poll() is not None:
+        raise AssertionError(f"the agent exited with {agent.process.returncode}:\n{agent.log()}")
+    try:
+        return agent.get(path).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- a fake console ----------------------------------------------------------------------------
+
+
+@dataclass
+class ConsoleCall:
+    path: str
+    headers: dict[str, str]
+    body: dict
+
+
+def enrollment(heartbeat_interval_s: int = 1) -> dict:
+    """The fake console's EnrollResponse, as JSON."""
+    return {
+        "node_uid": "node-0001",
+        "name": "fra-nano-1",
+        "region": "eu-west",
+        "node_class": "nano",
+        "credential": "opn_secret-credential",
+        "console_public_key": "A" * 43 + "=",
+        "heartbeat_interval_s": heartbeat_interval_s,
+    }
+
+
+class FakeConsole:
+    """The console's two node endpoints, answering what the test says, recording every call.
+
+    `answers[path]` is a callable (call) -> (status, body dict); defaults enroll everyone and
+    accept every heartbeat.
+    """
+
+    def __init__(self, port: int = 0, heartbeat_interval_s: int = 1) -> None:
+        from inference import protocol
+
+        self.protocol = protocol
+        self.calls: list[ConsoleCall] = []
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.answers: dict[str, Callable[[ConsoleCall], tuple[int, dict]]] = {
+            protocol.ENROLL_PATH: self.enroll_ok,
+            protocol.HEARTBEAT_PATH: self.heartbeat_ok,
+        }
+        console = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                call = ConsoleCall(
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    json.loads(raw or b"{}"),
+                )
+                console.calls.append(call)
+                answer = console.answers.get(self.path)
+                status, body = answer(call) if answer else (404, {"detail": "Not Found"})
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def calls_to(self, path: str) -> list[ConsoleCall]:
+        return [c for c in self.calls if c.path == path]
+
+    def enroll_ok(self, call: ConsoleCall) -> tuple[int, dict]:
+        return 201, enrollment(self.heartbeat_interval_s)
+
+    def heartbeat_ok(self, call: ConsoleCall) -> tuple[int, dict]:
+        return 200, {
+            "status": "online",
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "server_time": "2026-01-01T00:00:00Z",
+            "desired_bundle_revision": None,
+        }
