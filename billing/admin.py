@@ -31,7 +31,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["prefix", "name", "tenant", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["tenant"]
     list_select_related = ["tenant"]
-    readonly_fields = ["prefix", "secret_hash", "tenant", "created_by", "created_at", "last_used_at"]
+    readonly_fields = [
+        "prefix",
+        "secret_hash",
+        "tenant",
+        "created_by",
+        "created_at",
+        "last_used_at",
+    ]
     search_fields = ["prefix", "name"]
 
     def has_add_permission(self, request):

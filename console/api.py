@@ -13,7 +13,7 @@ api = NinjaAPI(
     version="1",
     description=(
         "Node-facing (enroll, heartbeat), tenant-facing and operator-facing endpoints. "
-        "Errors are `{\"error\": \"...\"}` with a 4xx status."
+        'Errors are `{"error": "..."}` with a 4xx status.'
     ),
     urls_namespace="api",
 )

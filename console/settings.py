@@ -7,6 +7,7 @@ provide a real secret key, hosts and signing key, or the process refuses to star
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -99,7 +100,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # A file, not memory, so that the processes a test starts (Celery worker) see its data.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One per test process, so two test runs on one machine do not share a database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- time and language ------------------------------------------------------------------------
@@ -148,10 +150,12 @@ if CELERY_BROKER_URL == "filesystem://":
     _queue_dir = VAR_DIR / "celery" / "queue"
     _queue_dir.mkdir(parents=True, exist_ok=True)
     (VAR_DIR / "celery" / "processed").mkdir(parents=True, exist_ok=True)
+    (VAR_DIR / "celery" / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "control_folder": str(VAR_DIR / "celery" / "control"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
@@ -193,7 +197,9 @@ OUTPOST_HEARTBEAT_INTERVAL_S = env_int("OUTPOST_HEARTBEAT_INTERVAL_S", 5, minimu
 OUTPOST_NODE_ONLINE_AFTER_S = env_int("OUTPOST_NODE_ONLINE_AFTER_S", 15, minimum=1)
 OUTPOST_NODE_OFFLINE_AFTER_S = env_int("OUTPOST_NODE_OFFLINE_AFTER_S", 60, minimum=2)
 if OUTPOST_NODE_OFFLINE_AFTER_S <= OUTPOST_NODE_ONLINE_AFTER_S:
-    raise ImproperlyConfigured("OUTPOST_NODE_OFFLINE_AFTER_S must exceed OUTPOST_NODE_ONLINE_AFTER_S")
+    raise ImproperlyConfigured(
+        "OUTPOST_NODE_OFFLINE_AFTER_S must exceed OUTPOST_NODE_ONLINE_AFTER_S"
+    )
 OUTPOST_ENROLLMENT_TOKEN_TTL_H = env_int("OUTPOST_ENROLLMENT_TOKEN_TTL_H", 24, minimum=1)
 OUTPOST_SAMPLE_RETENTION_H = env_int("OUTPOST_SAMPLE_RETENTION_H", 72, minimum=1)
 # The URL nodes use to reach the console, shown in the enrollment command.

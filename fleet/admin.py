@@ -12,8 +12,16 @@ class RegionAdmin(admin.ModelAdmin):
 @admin.register(NodeClass)
 class NodeClassAdmin(admin.ModelAdmin):
     list_display = [
-        "name", "capex", "amortisation_months", "idle_watts", "peak_watts",
-        "energy_price_per_kwh", "expected_utilisation", "memory_bytes", "has_gpu", "hourly_cost",
+        "name",
+        "capex",
+        "amortisation_months",
+        "idle_watts",
+        "peak_watts",
+        "energy_price_per_kwh",
+        "expected_utilisation",
+        "memory_bytes",
+        "has_gpu",
+        "hourly_cost",
     ]
 
 
@@ -35,9 +43,21 @@ class NodeAdmin(admin.ModelAdmin):
     list_select_related = ["region", "node_class"]
     search_fields = ["name", "uid", "hostname"]
     readonly_fields = [
-        "uid", "credential_hash", "enrolled_at", "status", "last_heartbeat_at",
-        "last_report_healthy", "agent_version", "uptime_s", "cpu_load", "memory_pressure",
-        "temperature_c", "queue_depth", "requests_total", "errors_total", "models_loaded",
+        "uid",
+        "credential_hash",
+        "enrolled_at",
+        "status",
+        "last_heartbeat_at",
+        "last_report_healthy",
+        "agent_version",
+        "uptime_s",
+        "cpu_load",
+        "memory_pressure",
+        "temperature_c",
+        "queue_depth",
+        "requests_total",
+        "errors_total",
+        "models_loaded",
         "bundle_revision",
     ]
     inlines = [NodeStatusChangeInline]

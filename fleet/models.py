@@ -17,7 +17,7 @@ from fleet.health import derive_status, report_is_healthy
 from inference.protocol import HeartbeatReport, hash_secret, new_secret
 
 NODE_CREDENTIAL_PREFIX = "opn"
-ENROLLMENT_TOKEN_PREFIX = "ope"
+ENROLLMENT_TOKEN_PREFIX = "ope"  # noqa: S105 - a label, not a secret
 
 
 class Region(models.Model):
@@ -45,7 +45,9 @@ class NodeClass(models.Model):
     name = models.CharField(max_length=20, choices=NodeClassKind.choices, unique=True)
     description = models.CharField(max_length=200, blank=True)
     capex = models.DecimalField(
-        max_digits=12, decimal_places=2, validators=[MinValueValidator(Decimal(0))],
+        max_digits=12,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal(0))],
         help_text="Purchase price of one machine",
     )
     currency = models.CharField(max_length=3, default="EUR")
@@ -54,7 +56,8 @@ class NodeClass(models.Model):
     peak_watts = models.DecimalField(max_digits=8, decimal_places=1)
     energy_price_per_kwh = models.DecimalField(max_digits=8, decimal_places=4)
     expected_utilisation = models.DecimalField(
-        max_digits=4, decimal_places=3,
+        max_digits=4,
+        decimal_places=3,
         validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(1))],
         help_text="Share of the time busy, 0..1",
     )
@@ -289,6 +292,9 @@ class NodeSample(models.Model):
     class Meta:
         indexes = [models.Index(fields=["node", "at"]), models.Index(fields=["at"])]
 
+    def __str__(self) -> str:
+        return f"{self.node_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
 
 class EnrollmentTokenQuerySet(models.QuerySet["EnrollmentToken"]):
     def usable(self, now: datetime | None = None) -> EnrollmentTokenQuerySet:
@@ -323,7 +329,12 @@ class EnrollmentToken(models.Model):
 
     @classmethod
     def issue(
-        cls, *, node_name: str, region: Region, node_class: NodeClass, created_by=None,
+        cls,
+        *,
+        node_name: str,
+        region: Region,
+        node_class: NodeClass,
+        created_by=None,
         ttl: timedelta | None = None,
     ) -> tuple[EnrollmentToken, str]:
         secret = new_secret(ENROLLMENT_TOKEN_PREFIX)

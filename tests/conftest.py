@@ -10,7 +10,6 @@ from decimal import Decimal
 import pytest
 
 
-
 def require_binary(name: str) -> str:
     """Path of a tool a test needs. CI installs them (.ci/run) and must fail, not skip,
     when one is missing; on a developer's machine the test is skipped with the reason."""
@@ -79,9 +78,14 @@ def nano(db):
     from fleet.models import NodeClass
 
     return NodeClass.objects.create(
-        name="nano", capex=Decimal("600"), amortisation_months=36, idle_watts=Decimal("7"),
-        peak_watts=Decimal("25"), energy_price_per_kwh=Decimal("0.30"),
-        expected_utilisation=Decimal("0.4"), memory_bytes=8 * 2**30,
+        name="nano",
+        capex=Decimal("600"),
+        amortisation_months=36,
+        idle_watts=Decimal("7"),
+        peak_watts=Decimal("25"),
+        energy_price_per_kwh=Decimal("0.30"),
+        expected_utilisation=Decimal("0.4"),
+        memory_bytes=8 * 2**30,
     )
 
 
@@ -90,9 +94,14 @@ def standard(db):
     from fleet.models import NodeClass
 
     return NodeClass.objects.create(
-        name="standard", capex=Decimal("4500"), amortisation_months=48, idle_watts=Decimal("90"),
-        peak_watts=Decimal("350"), energy_price_per_kwh=Decimal("0.30"),
-        expected_utilisation=Decimal("0.5"), memory_bytes=128 * 2**30,
+        name="standard",
+        capex=Decimal("4500"),
+        amortisation_months=48,
+        idle_watts=Decimal("90"),
+        peak_watts=Decimal("350"),
+        energy_price_per_kwh=Decimal("0.30"),
+        expected_utilisation=Decimal("0.5"),
+        memory_bytes=128 * 2**30,
     )
 
 
@@ -101,10 +110,15 @@ def accelerator(db):
     from fleet.models import NodeClass
 
     return NodeClass.objects.create(
-        name="accelerator", capex=Decimal("32000"), amortisation_months=36,
-        idle_watts=Decimal("250"), peak_watts=Decimal("1100"),
-        energy_price_per_kwh=Decimal("0.30"), expected_utilisation=Decimal("0.6"),
-        memory_bytes=512 * 2**30, has_gpu=True,
+        name="accelerator",
+        capex=Decimal("32000"),
+        amortisation_months=36,
+        idle_watts=Decimal("250"),
+        peak_watts=Decimal("1100"),
+        energy_price_per_kwh=Decimal("0.30"),
+        expected_utilisation=Decimal("0.6"),
+        memory_bytes=512 * 2**30,
+        has_gpu=True,
     )
 
 
@@ -118,8 +132,13 @@ def make_node(db):
     def make(name, region, node_class, **fields):
         credential, credential_hash = Node.new_credential()
         node = Node.objects.create(
-            uid=f"nd-test{next(counter):04d}", name=name, region=region, node_class=node_class,
-            endpoint=f"http://127.0.0.1:9/{name}", credential_hash=credential_hash, **fields,
+            uid=f"nd-test{next(counter):04d}",
+            name=name,
+            region=region,
+            node_class=node_class,
+            endpoint=f"http://127.0.0.1:9/{name}",
+            credential_hash=credential_hash,
+            **fields,
         )
         node.credential = credential
         return node

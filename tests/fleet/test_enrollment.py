@@ -27,7 +27,9 @@ def token(eu_west, nano, alice):
 
 def test_it_enrolls_a_node_with_a_one_time_token(client, token):
     _, secret = token
-    response = client.post("/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json")
+    response = client.post(
+        "/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json"
+    )
 
     assert response.status_code == 201
     reply = protocol.EnrollResponse.model_validate(response.json())
@@ -42,7 +44,9 @@ def test_it_enrolls_a_node_with_a_one_time_token(client, token):
 def test_it_refuses_a_token_used_twice(client, token):
     _, secret = token
     client.post("/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json")
-    again = client.post("/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json")
+    again = client.post(
+        "/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json"
+    )
 
     assert again.status_code == 400
     assert again.json() == {"error": "this enrollment token was already used"}
@@ -51,9 +55,13 @@ def test_it_refuses_a_token_used_twice(client, token):
 
 def test_it_refuses_an_expired_token(client, token):
     row, secret = token
-    EnrollmentToken.objects.filter(pk=row.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    EnrollmentToken.objects.filter(pk=row.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
 
-    response = client.post("/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json")
+    response = client.post(
+        "/api/v1/nodes/enroll", enroll_body(secret), content_type="application/json"
+    )
 
     assert response.status_code == 400
     assert "expired" in response.json()["error"]

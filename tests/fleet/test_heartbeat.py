@@ -96,7 +96,12 @@ def test_it_refuses_a_heartbeat_for_another_node(client, edge, make_node, eu_wes
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("memory_pressure", 1.7), ("queue_depth", -1), ("sent_at", "2026-01-01T00:00:00"), ("colour", "red")],
+    [
+        ("memory_pressure", 1.7),
+        ("queue_depth", -1),
+        ("sent_at", "2026-01-01T00:00:00"),
+        ("colour", "red"),
+    ],
 )
 def test_it_rejects_a_bad_report_and_names_the_field(client, edge, field, value):
     response = beat(client, edge, **{field: value})
@@ -121,14 +126,28 @@ def test_silent_nodes_go_degraded_then_offline_with_one_row_each(client, edge, s
     assert detect_status_flips_task() == 1
     assert detect_status_flips_task() == 0
     assert Node.objects.offline().get() == edge
-    statuses = list(NodeStatusChange.objects.filter(node=edge).order_by("at").values_list("new_status", flat=True))
+    statuses = list(
+        NodeStatusChange.objects.filter(node=edge)
+        .order_by("at")
+        .values_list("new_status", flat=True)
+    )
     assert statuses == ["online", "degraded", "offline"]
 
 
 def test_old_samples_are_pruned(edge, settings):
     now = timezone.now()
-    fields = {"cpu_load": 0, "memory_pressure": 0, "queue_depth": 0, "requests_total": 0, "errors_total": 0}
-    NodeSample.objects.create(node=edge, at=now - timedelta(hours=settings.OUTPOST_SAMPLE_RETENTION_H, minutes=1), **fields)
+    fields = {
+        "cpu_load": 0,
+        "memory_pressure": 0,
+        "queue_depth": 0,
+        "requests_total": 0,
+        "errors_total": 0,
+    }
+    NodeSample.objects.create(
+        node=edge,
+        at=now - timedelta(hours=settings.OUTPOST_SAMPLE_RETENTION_H, minutes=1),
+        **fields,
+    )
     NodeSample.objects.create(node=edge, at=now - timedelta(minutes=5), **fields)
 
     assert prune_node_samples_task() == 1

@@ -34,8 +34,16 @@ def test_a_fresh_but_unhealthy_report_is_degraded_and_a_silent_node_offline_anyw
 
 def make_report(**overrides):
     fields = dict(
-        node_uid="nd-1", agent_version="1", sent_at=NOW, uptime_s=1, cpu_load=0.1,
-        memory_pressure=0.5, queue_depth=0, requests_total=0, errors_total=0, models=[],
+        node_uid="nd-1",
+        agent_version="1",
+        sent_at=NOW,
+        uptime_s=1,
+        cpu_load=0.1,
+        memory_pressure=0.5,
+        queue_depth=0,
+        requests_total=0,
+        errors_total=0,
+        models=[],
     )
     fields.update(overrides)
     return HeartbeatReport(**fields)

@@ -50,8 +50,12 @@ def start_process(tmp_path):
     def start(name: str, args: list[str], *, env: dict | None = None) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "w+b")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            args,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         proc.log_path = tmp_path / f"{name}.log"
         processes.append((proc, log))

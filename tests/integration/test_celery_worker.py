@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from fleet.models import Node, NodeSample, NodeStatusChange
 from fleet.tasks import detect_status_flips_task, prune_node_samples_task
-from tests.integration.conftest import python, database_url_for_processes, wait_until
+from tests.integration.conftest import database_url_for_processes, python, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,10 +21,24 @@ def worker(start_process):
     queue = f"test-{uuid.uuid4().hex[:8]}"
     proc = start_process(
         "celery-worker",
-        [python(), "-m", "celery", "-A", "console", "worker", "--pool=solo",
-         f"--queues={queue}", "--loglevel=INFO", "--without-heartbeat", "--without-mingle",
-         "--without-gossip"],
-        env={"DATABASE_URL": database_url_for_processes(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL},
+        [
+            python(),
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "--pool=solo",
+            f"--queues={queue}",
+            "--loglevel=INFO",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env={
+            "DATABASE_URL": database_url_for_processes(),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        },
     )
     yield queue
     if proc.poll() is not None:
@@ -33,22 +47,40 @@ def worker(start_process):
 
 def test_the_worker_records_the_flip_of_a_silent_node(worker, make_node, eu_west, nano):
     silent_since = timezone.now() - timedelta(seconds=settings.OUTPOST_NODE_OFFLINE_AFTER_S + 5)
-    node = make_node("fra-nano-1", eu_west, nano, status="online",
-                     last_heartbeat_at=silent_since, last_report_healthy=True)
+    node = make_node(
+        "fra-nano-1",
+        eu_west,
+        nano,
+        status="online",
+        last_heartbeat_at=silent_since,
+        last_report_healthy=True,
+    )
 
     detect_status_flips_task.apply_async(queue=worker)
 
-    wait_until(lambda: Node.objects.get(pk=node.pk).status == "offline", timeout=60,
-               what="the worker to flip the node offline")
+    wait_until(
+        lambda: Node.objects.get(pk=node.pk).status == "offline",
+        timeout=60,
+        what="the worker to flip the node offline",
+    )
     change = NodeStatusChange.objects.get(node=node)
     assert (change.old_status, change.new_status, change.reason) == (
-        "online", "offline", "heartbeats missing")
+        "online",
+        "offline",
+        "heartbeats missing",
+    )
 
 
 def test_the_worker_prunes_old_samples(worker, make_node, eu_west, nano):
     node = make_node("fra-nano-1", eu_west, nano)
     old = timezone.now() - timedelta(hours=settings.OUTPOST_SAMPLE_RETENTION_H + 1)
-    fields = {"cpu_load": 0, "memory_pressure": 0, "queue_depth": 0, "requests_total": 0, "errors_total": 0}
+    fields = {
+        "cpu_load": 0,
+        "memory_pressure": 0,
+        "queue_depth": 0,
+        "requests_total": 0,
+        "errors_total": 0,
+    }
     NodeSample.objects.create(node=node, at=old, **fields)
     NodeSample.objects.create(node=node, at=timezone.now(), **fields)
 
