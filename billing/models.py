@@ -23,6 +23,16 @@ def validate_time_zone(value: str) -> None:
         raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)")
 
 
+class TenantQuerySet(models.QuerySet["Tenant"]):
+    def with_account_counts(self) -> TenantQuerySet:
+        return self.annotate(
+            members=models.Count("memberships", distinct=True),
+            active_keys=models.Count(
+                "api_keys", filter=models.Q(api_keys__revoked_at__isnull=True), distinct=True
+            ),
+        )
+
+
 class Tenant(models.Model):
     """A customer of the provider. Billing periods are calendar months in its time zone."""
 
@@ -35,6 +45,8 @@ class Tenant(models.Model):
         validators=[RegexValidator(r"^[A-Z]{3}$", "An ISO 4217 code, e.g. EUR")],
     )
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TenantQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

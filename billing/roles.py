@@ -53,3 +53,22 @@ def _role_required(check: Callable[[object], bool], role: str):
 
 operator_required = _role_required(is_operator, "operators")
 finance_required = _role_required(lambda u: is_finance(u) or is_operator(u), "finance")
+
+
+def tenant_member_required(view):
+    """For portal views under /portal/<tenant>/: resolves the tenant through the user's own
+    memberships, so another tenant's pages are a 404, exactly like a tenant that does not
+    exist. The view receives `membership` instead of the slug."""
+    from django.http import Http404
+
+    from billing.models import Membership
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, tenant: str, *args, **kwargs) -> HttpResponse:
+        membership = Membership.objects.for_user(request.user).filter(tenant__slug=tenant).first()
+        if membership is None:
+            raise Http404("No such tenant")
+        return view(request, membership, *args, **kwargs)
+
+    return wrapper

@@ -10,6 +10,8 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("fleet/", include("fleet.urls")),
+    path("portal/", include("billing.urls")),
+    path("finance/", include("billing.finance_urls")),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
 ]

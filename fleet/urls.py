@@ -1,2 +1,10 @@
+from django.urls import path
+
+from fleet import views
+
 app_name = "fleet"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.nodes, name="nodes"),
+    path("nodes/<slug:uid>/", views.node, name="node"),
+    path("enroll/", views.enroll, name="enroll"),
+]

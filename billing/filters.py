@@ -1,0 +1,21 @@
+import django_filters
+from django.db.models import Q
+
+from billing.models import Tenant
+
+
+class TenantFilter(django_filters.FilterSet):
+    q = django_filters.CharFilter(method="search", label="Search")
+    currency = django_filters.ChoiceFilter(choices=[], empty_label="any currency")
+
+    class Meta:
+        model = Tenant
+        fields = ["currency"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        currencies = Tenant.objects.order_by("currency").values_list("currency", flat=True)
+        self.filters["currency"].extra["choices"] = [(c, c) for c in currencies.distinct()]
+
+    def search(self, queryset, name, value):
+        return queryset.filter(Q(name__icontains=value) | Q(slug__icontains=value))

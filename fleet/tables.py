@@ -1,0 +1,201 @@
+"""Tables of the fleet pages (django-tables2). Cells read only the row and its joined
+region and class, so a page of any length costs the same queries (tests/fleet/test_views.py)."""
+
+from __future__ import annotations
+
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.db.models import F, QuerySet
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django_tables2 import A, Column, Table
+
+from fleet.choices import STATUS_BADGE, NodeStatus
+from fleet.models import EnrollmentToken, Node, NodeStatusChange
+
+TEMPLATE = "django_tables2/bootstrap5-responsive.html"
+
+TOKEN_STATE_BADGE = {"usable": "success", "used": "secondary", "expired": "warning"}
+
+
+def status_badge(status: str) -> SafeString:
+    """A node status as a Bootstrap badge, coloured by fleet.choices.STATUS_BADGE."""
+    return format_html(
+        '<span class="badge text-bg-{}">{}</span>',
+        STATUS_BADGE.get(status, "secondary"),
+        NodeStatus(status).label if status in NodeStatus.values else status,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """A duration the way people say it: "3 d 4 h", "5 h 12 min", "42 s"."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {seconds} s"
+    return f"{seconds} s"
+
+
+class NumberColumn(Column):
+    """A right-aligned number."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault(
+            "attrs", {"td": {"class": "num text-end"}, "th": {"class": "num text-end"}}
+        )
+        super().__init__(*args, **kwargs)
+
+
+class NodeTable(Table):
+    # The list boosts its sorting and paging links into the live table (fleet/nodes.html);
+    # a node's link must open its page instead.
+    name = Column(
+        linkify=("fleet:node", {"uid": A("uid")}),
+        attrs={"td": {"class": "fw-semibold"}, "a": {"hx-boost": "false"}},
+    )
+    region = Column(accessor="region__code", order_by="region__code", verbose_name="Region")
+    node_class = Column(
+        accessor="node_class__name", order_by="node_class__name", verbose_name="Class"
+    )
+    status = Column(accessor="current_status", verbose_name="Status")
+    last_heartbeat_at = Column(verbose_name="Last heartbeat")
+    cpu_load = NumberColumn(verbose_name="CPU load")
+    memory_pressure = NumberColumn(verbose_name="Memory")
+    temperature_c = NumberColumn(verbose_name="Temp.")
+    queue_depth = NumberColumn(verbose_name="Queue")
+    models_loaded = NumberColumn(verbose_name="Models", orderable=False)
+    agent_version = Column(verbose_name="Agent")
+
+    class Meta:
+        model = Node
+        template_name = TEMPLATE
+        fields = ()  # only the columns declared above, in that order
+        attrs = {"class": "table table-sm table-hover table-fleet align-middle mb-0"}
+        empty_text = "No nodes match these filters."
+        order_by = ("region", "name")
+
+    def render_status(self, value: str) -> str:
+        return status_badge(value)
+
+    def render_last_heartbeat_at(self, value) -> str:
+        return format_html(
+            '<span title="{}">{}</span>', value.isoformat(timespec="seconds"), naturaltime(value)
+        )
+
+    def order_last_heartbeat_at(self, queryset: QuerySet[Node], is_descending: bool):
+        # Nodes that never reported sort last either way: "most recent first" should not
+        # open on a page of pending nodes.
+        field = F("last_heartbeat_at")
+        ordering = field.desc(nulls_last=True) if is_descending else field.asc(nulls_last=True)
+        return queryset.order_by(ordering, "name"), True
+
+    def render_cpu_load(self, value: float) -> str:
+        return f"{value:.2f}"
+
+    def render_memory_pressure(self, value: float) -> str:
+        return f"{value:.0%}"
+
+    def render_temperature_c(self, value: float) -> str:
+        return f"{value:.0f} °C"
+
+    def render_models_loaded(self, value: list) -> str:
+        return str(len(value))
+
+    def value_models_loaded(self, value: list) -> int:
+        return len(value)
+
+
+class EnrollmentTokenTable(Table):
+    prefix = Column(verbose_name="Token", orderable=False)
+    node_name = Column(verbose_name="Node name")
+    region = Column(accessor="region__code", order_by="region__code", verbose_name="Region")
+    node_class = Column(
+        accessor="node_class__name", order_by="node_class__name", verbose_name="Class"
+    )
+    state = Column(empty_values=(), orderable=False)
+    node = Column(verbose_name="Enrolled node", orderable=False)
+    created_by = Column(accessor="created_by__username", verbose_name="Issued by")
+    created_at = Column(verbose_name="Issued")
+    expires_at = Column(verbose_name="Expires")
+
+    class Meta:
+        model = EnrollmentToken
+        template_name = TEMPLATE
+        fields = ()
+        attrs = {"class": "table table-sm align-middle mb-0"}
+        empty_text = "No enrollment tokens issued yet."
+        order_by = ("-created_at",)
+
+    def render_prefix(self, value: str) -> str:
+        return format_html("<code>{}…</code>", value)
+
+    def render_state(self, record: EnrollmentToken) -> str:
+        state = record.state
+        return format_html(
+            '<span class="badge text-bg-{}">{}</span>',
+            TOKEN_STATE_BADGE.get(state, "secondary"),
+            state,
+        )
+
+    def render_node(self, value: Node) -> str:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("fleet:node", args=[value.uid]), value.name
+        )
+
+    def render_created_at(self, value) -> str:
+        return naturaltime(value)
+
+    def render_expires_at(self, value) -> str:
+        return format_html(
+            '<span title="{}">{}</span>', value.isoformat(timespec="minutes"), naturaltime(value)
+        )
+
+
+class AttentionTable(NodeTable):
+    """The home page's short list of nodes that are not online."""
+
+    class Meta(NodeTable.Meta):
+        attrs = {"class": "table table-sm table-hover align-middle mb-0"}
+        sequence = ("name", "region", "node_class", "status", "last_heartbeat_at")
+        exclude = (
+            "cpu_load",
+            "memory_pressure",
+            "temperature_c",
+            "queue_depth",
+            "models_loaded",
+            "agent_version",
+        )
+        orderable = False
+        order_by = ()  # keep the view's order: longest silent first
+        empty_text = "Every node is online."
+
+
+class StatusHistoryTable(Table):
+    at = Column(verbose_name="When (UTC)")
+    old_status = Column(verbose_name="From")
+    new_status = Column(verbose_name="To")
+    reason = Column()
+
+    class Meta:
+        template_name = TEMPLATE
+        attrs = {"class": "table table-sm align-middle mb-0"}
+        orderable = False
+        empty_text = "No status changes recorded yet."
+
+    def render_at(self, value) -> str:
+        return format_html(
+            '<span title="{}">{}</span>', naturaltime(value), value.strftime("%Y-%m-%d %H:%M:%S")
+        )
+
+    # django-tables2 hands render_* the choice's label; the badge needs the value.
+    def render_old_status(self, record: NodeStatusChange) -> str:
+        return status_badge(record.old_status)
+
+    def render_new_status(self, record: NodeStatusChange) -> str:
+        return status_badge(record.new_status)
