@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.db.models import Prefetch
 from django.http import HttpRequest
@@ -16,6 +14,7 @@ from ninja.security import HttpBearer, django_auth_is_staff
 from billing.signing import console_public_key_b64
 from fleet.actions import EnrollmentError, enroll_node
 from fleet.choices import NodeStatus
+from fleet.forms import EnrollForm
 from fleet.models import EnrollmentToken, Node, NodeClass, NodeStatusChange, Region
 from fleet.schemas import (
     EnrollmentTokenIn,
@@ -132,30 +131,30 @@ def list_node_classes(request: HttpRequest):
 
 @fleet_router.post("/enrollment-tokens", response={201: EnrollmentTokenOut})
 def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn):
-    region = Region.objects.filter(code=body.region).first()
-    if region is None:
-        raise HttpError(400, f"unknown region {body.region!r}")
-    node_class = NodeClass.objects.filter(name=body.node_class).first()
-    if node_class is None:
-        raise HttpError(400, f"unknown node class {body.node_class!r}")
-    if Node.objects.filter(name=body.node_name).exists():
-        raise HttpError(400, f"a node named {body.node_name!r} already exists")
-    ttl = timedelta(hours=body.ttl_hours) if body.ttl_hours else None
-    token, secret = EnrollmentToken.issue(
-        node_name=body.node_name,
-        region=region,
-        node_class=node_class,
-        created_by=request.auth,
-        ttl=ttl,
+    form = EnrollForm(
+        {
+            "node_name": body.node_name,
+            "region": body.region,
+            "node_class": body.node_class,
+            "expires_in_hours": body.ttl_hours or settings.OUTPOST_ENROLLMENT_TOKEN_TTL_H,
+        }
     )
+    if not form.is_valid():
+        raise HttpError(400, form_errors(form))
+    token, secret = form.issue(created_by=request.auth)
     return Status(
         201,
         EnrollmentTokenOut(
             token=secret,
             node_name=token.node_name,
-            region=region.code,
-            node_class=node_class.name,
+            region=token.region.code,
+            node_class=token.node_class.name,
             expires_at=token.expires_at,
             command=EnrollmentToken.command_for(secret),
         ),
     )
+
+
+def form_errors(form) -> str:
+    """A form's errors as one line for an API error body: "field: message; …"."""
+    return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in form.errors.items())

@@ -32,14 +32,24 @@ class BootstrapForm(forms.Form):
 
 
 class EnrollForm(BootstrapForm):
+    """The one place enrollment tokens are validated: the page and the API
+    (fleet.api.create_enrollment_token) both go through it."""
+
     node_name = forms.CharField(
         max_length=100,
         label="Node name",
         help_text="How the node appears in the console, e.g. fra-edge-07. Must be unique.",
     )
-    region = forms.ModelChoiceField(queryset=Region.objects.all(), to_field_name="code")
+    region = forms.ModelChoiceField(
+        queryset=Region.objects.all(),
+        to_field_name="code",
+        error_messages={"invalid_choice": "There is no region “%(value)s”."},
+    )
     node_class = forms.ModelChoiceField(
-        queryset=NodeClass.objects.all(), to_field_name="name", label="Node class"
+        queryset=NodeClass.objects.all(),
+        to_field_name="name",
+        label="Node class",
+        error_messages={"invalid_choice": "There is no node class “%(value)s”."},
     )
     expires_in_hours = forms.IntegerField(
         min_value=1,

@@ -12,8 +12,10 @@ The rule, per model (`ModelRunner`):
   batch once it is full (`max_batch_size` rows) or the oldest has waited `max_queue_delay_ms`.
 - A batch whose estimated run time (EWMA of measured runs, seeded by warm-up) is under
   `inline_threshold_us` runs on the event loop itself: for a tiny model the hand-off to a
-  worker thread and back costs more than the run. Longer batches run in the thread pool
-  (onnxruntime releases the GIL), so the loop keeps parsing the next requests meanwhile.
+  worker thread and back costs more than the run. A batch of requests that found the model
+  idle gets the larger `idle_inline_threshold_us`: at low load nothing else waits for the
+  loop. Longer batches run in the thread pool (onnxruntime releases the GIL), so the loop
+  keeps parsing the next requests meanwhile.
 
 The pure parts (`merge_inputs`, `split_outputs`, `take_batch`, `estimate`) are tested alone.
 """
@@ -152,6 +154,7 @@ class ModelRunner:
         self._max_rows = settings.max_batch_size if model.spec.batchable else 1
         self._delay = settings.max_queue_delay_ms / 1000
         self._inline_below = settings.inline_threshold_us / 1_000_000
+        self._idle_inline_below = settings.idle_inline_threshold_us / 1_000_000
         self._ewma = {bucket(rows): s for rows, s in model.warmup_seconds.items()}
         self._groups: dict[object, _Group] = {}
         self._solo_seq = 0
@@ -203,7 +206,9 @@ class ModelRunner:
             if not group.items:
                 del self._groups[key]
             self.depth -= len(batch)
-            if estimate(self._ewma, rows) < self._inline_below:
+            idle = head.idle_arrival and all(item.idle_arrival for item in batch)
+            limit = self._idle_inline_below if idle else self._inline_below
+            if estimate(self._ewma, rows) < limit:
                 self._finish(batch, self._execute(batch, rows))
             else:
                 self._running = True

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="batches expected to run faster than this run on the event loop (default 150)",
     )
     tuning.add_argument(
+        "--idle-inline-threshold-us",
+        type=float,
+        default=1000.0,
+        help="the same for requests that found their model idle, where no other request "
+        "waits for the event loop (default 1000)",
+    )
+    tuning.add_argument(
         "--intra-op-threads",
         type=int,
         default=None,
@@ -173,6 +180,7 @@ def serve(args: argparse.Namespace) -> int:
             max_batch_size=parse_batch_size(args.max_batch_size, "--max-batch-size"),
             max_queue_delay_ms=parse_delay_ms(args.max_queue_delay_ms, "--max-queue-delay-ms"),
             inline_threshold_us=max(0.0, args.inline_threshold_us),
+            idle_inline_threshold_us=max(0.0, args.idle_inline_threshold_us),
         )
     except SettingsError as exc:
         return _fail(str(exc))
@@ -200,6 +208,7 @@ def serve(args: argparse.Namespace) -> int:
     # The heavy imports come after the cheap checks, so a wrong flag fails fast.
     import uvicorn
 
+    from inference.http_protocol import CoalescingHttpToolsProtocol
     from inference.metrics import AgentMetrics
     from inference.models import resolve_providers
     from inference.repository import ModelRepository
@@ -282,7 +291,7 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,

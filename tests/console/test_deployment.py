@@ -125,3 +125,11 @@ def test_bad_settings_stop_the_console_with_a_clear_message(variables, message):
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_the_node_requirements_file_is_the_node_extra():
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    lines = (ROOT / "deploy" / "node-requirements.txt").read_text().splitlines()
+    assert [line for line in lines if line and not line.startswith("#")] == extra["node"]

@@ -113,7 +113,7 @@ def test_token_creation_names_an_unknown_region(client, alice, nano):
         content_type="application/json",
     )
     assert response.status_code == 400
-    assert response.json() == {"error": "unknown region 'mars-1'"}
+    assert response.json() == {"error": "region: There is no region “mars-1”."}
 
 
 def test_tenant_members_cannot_create_tokens(client, carol, eu_west, nano):

@@ -140,7 +140,7 @@ def test_it_refuses_the_name_of_an_enrolled_node(operator, places, make_node, eu
     ("fields", "error"),
     [
         ({"node_name": ""}, "This field is required."),
-        ({"region": "mars-1"}, "Select a valid choice."),
+        ({"region": "mars-1"}, "There is no region “mars-1”."),
         ({"node_class": ""}, "This field is required."),
         ({"expires_in_hours": "0"}, "Ensure this value is greater than or equal to 1."),
         ({"expires_in_hours": "721"}, "Ensure this value is less than or equal to 720."),

@@ -199,6 +199,22 @@ def test_a_fast_model_runs_on_the_event_loop_and_a_slow_one_in_a_worker_thread()
     assert slow.threads[0].startswith("run")
 
 
+def test_a_medium_model_runs_on_the_loop_when_idle_and_in_a_thread_under_load():
+    session = FakeSession(delay=0.05)
+
+    async def scenario():
+        runner, _ = runner_for(session, warmup={1: 500e-6}, delay_ms=0)
+        await runner.infer(*request(0))  # alone on an idle model: 0.5 ms inline is cheapest
+        busy = asyncio.create_task(runner.infer(*request(0, rows=8)))  # ~4 ms: a thread
+        await asyncio.sleep(0.01)
+        await asyncio.gather(busy, runner.infer(*request(1)))  # queued behind a run
+
+    asyncio.run(scenario())
+    assert session.threads[0] == "MainThread"
+    assert session.threads[1].startswith("run")
+    assert session.threads[2].startswith("run")
+
+
 def test_an_unmeasured_model_never_runs_on_the_event_loop():
     session = FakeSession()
 

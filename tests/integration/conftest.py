@@ -63,6 +63,10 @@ def start_process(tmp_path):
 
     yield start
     for proc, log in processes:
+        # Printed output is shown only when the test fails: then it says what the process did.
+        log.flush()
+        print(f"--- {proc.log_path.name} (exit {proc.poll()}) ---")
+        print(proc.log_path.read_text(errors="replace")[-4000:])
         if proc.poll() is None:
             proc.terminate()
             try:
