@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -144,3 +145,36 @@ def make_node(db):
         return node
 
     return make
+
+
+@pytest.fixture
+def operator(client, alice):
+    """A test client signed in as alice, the operator."""
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def add_samples(db):
+    """add_samples(node, start, minutes=10, per_minute=60): a heartbeat every `every_s` seconds
+    from `start`, the request counter growing by `per_minute` a minute from `first_total`;
+    CPU load cycles through 0.25, 0.35, 0.45, 0.55, temperature is 55 °C."""
+    from fleet.models import NodeSample
+
+    def add(node, start, *, minutes, per_minute=60, every_s=5, first_total=0):
+        rows = [
+            NodeSample(
+                node=node,
+                at=start + timedelta(seconds=step * every_s),
+                cpu_load=0.25 + (step % 4) / 10,
+                memory_pressure=0.5,
+                temperature_c=55.0,
+                queue_depth=1,
+                requests_total=first_total + step * per_minute * every_s // 60,
+                errors_total=0,
+            )
+            for step in range(minutes * 60 // every_s + 1)
+        ]
+        return NodeSample.objects.bulk_create(rows)
+
+    return add

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.models import NodeSample, NodeStatusChange
+from fleet.models import NodeStatusChange
 from fleet.rates import floor_minute
 
 pytestmark = pytest.mark.django_db
@@ -27,12 +27,6 @@ NODE_LIST_POLL_QUERIES = 5
 # The node page: session, user, groups, the node (region and class joined), its samples,
 # its status history.
 NODE_PAGE_QUERIES = 6
-
-
-@pytest.fixture
-def operator(client, alice):
-    client.force_login(alice)
-    return client
 
 
 @pytest.fixture
@@ -259,29 +253,6 @@ def test_the_list_costs_the_same_queries_whatever_the_number_of_nodes(
 # --- a node's page ---------------------------------------------------------------------------
 
 
-def add_samples(
-    node, start, *, minutes: int, per_minute: int = 60, every_s: int = 5, first_total=0
-):
-    """Heartbeats every `every_s` seconds from `start`, serving `per_minute` requests a minute."""
-    rows = []
-    steps = minutes * 60 // every_s
-    for step in range(steps + 1):
-        rows.append(
-            NodeSample(
-                node=node,
-                at=start + timedelta(seconds=step * every_s),
-                cpu_load=0.25 + (step % 4) / 10,
-                memory_pressure=0.5,
-                temperature_c=55.0,
-                queue_depth=1,
-                requests_total=first_total + step * per_minute * every_s // 60,
-                errors_total=0,
-            )
-        )
-    NodeSample.objects.bulk_create(rows)
-    return rows
-
-
 def test_the_node_page_shows_everything_the_node_reported(operator, fleet):
     node = fleet["fra-1"]
 
@@ -345,7 +316,7 @@ def test_the_status_history_is_newest_first_and_keeps_the_last_50(operator, flee
     assert '<span class="badge text-bg-warning">Degraded</span>' in history
 
 
-def test_the_charts_draw_the_samples_in_range(operator, fleet):
+def test_the_charts_draw_the_samples_in_range(operator, fleet, add_samples):
     node = fleet["fra-1"]
     add_samples(node, timezone.now() - timedelta(minutes=10), minutes=10)
 
@@ -358,7 +329,7 @@ def test_the_charts_draw_the_samples_in_range(operator, fleet):
     assert figure(response, "temperature")["data"][0]["y"][0] == 55.0
 
 
-def test_the_requests_chart_counts_requests_per_minute(operator, fleet):
+def test_the_requests_chart_counts_requests_per_minute(operator, fleet, add_samples):
     node = fleet["fra-1"]
     # Whole minutes, so every complete minute in the chart served exactly 60 requests.
     start = floor_minute(timezone.now()) - timedelta(minutes=10)
@@ -375,7 +346,7 @@ def test_the_requests_chart_counts_requests_per_minute(operator, fleet):
     assert high - low == timedelta(hours=1)
 
 
-def test_the_range_selector_widens_the_charts(operator, fleet):
+def test_the_range_selector_widens_the_charts(operator, fleet, add_samples):
     node = fleet["fra-1"]
     add_samples(node, timezone.now() - timedelta(hours=3), minutes=1)
 
@@ -395,7 +366,7 @@ def test_an_unknown_range_falls_back_to_one_hour(operator, fleet):
     assert 'aria-current="true">1h</a>' in response.content.decode()
 
 
-def test_a_silent_stretch_shows_as_a_gap_in_the_charts(operator, fleet):
+def test_a_silent_stretch_shows_as_a_gap_in_the_charts(operator, fleet, add_samples):
     node = fleet["fra-1"]
     start = timezone.now() - timedelta(minutes=30)
     add_samples(node, start, minutes=1)
@@ -406,7 +377,7 @@ def test_a_silent_stretch_shows_as_a_gap_in_the_charts(operator, fleet):
     assert cpu["y"].count(None) == 1
 
 
-def test_a_whole_day_is_drawn_at_a_coarser_resolution(operator, fleet):
+def test_a_whole_day_is_drawn_at_a_coarser_resolution(operator, fleet, add_samples):
     node = fleet["fra-1"]
     add_samples(node, timezone.now() - timedelta(hours=23), minutes=22 * 60)
 
@@ -442,7 +413,7 @@ def test_an_unknown_node_is_not_found(operator, db):
 
 @pytest.mark.parametrize("history_length", [3, 30])
 def test_the_node_page_costs_the_same_queries_whatever_its_history(
-    operator, fleet, django_assert_num_queries, history_length
+    operator, fleet, django_assert_num_queries, history_length, add_samples
 ):
     node = fleet["fra-1"]
     add_samples(node, timezone.now() - timedelta(minutes=history_length), minutes=history_length)

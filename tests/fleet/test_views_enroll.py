@@ -15,12 +15,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def operator(client, alice):
-    client.force_login(alice)
-    return client
-
-
-@pytest.fixture
 def places(eu_west, us_east, nano, standard):
     """Two regions and two node classes to enroll into."""
 

@@ -3,22 +3,9 @@ import onnxruntime as ort
 import pytest
 
 from inference.datatypes import BY_OIP, UnsupportedType, from_numpy, from_oip, from_ort
-from tests.inference.harness import identity_model
+from tests.inference.harness import ONNX_TYPES, identity_model
 
-NUMERIC = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-]
+NUMERIC = [t for t in ONNX_TYPES if t != "BYTES"]
 
 
 @pytest.mark.parametrize("oip", [*NUMERIC, "BYTES"])

@@ -15,6 +15,7 @@ import tritonclient.http as triton
 
 from inference.demo_models import random_mlp_medium
 from tests.inference.harness import (
+    ONNX_TYPES,
     add_sub_model,
     fixed_model,
     identity_model,
@@ -23,21 +24,7 @@ from tests.inference.harness import (
     sequence_model,
 )
 
-DTYPES = [
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-]
+DTYPES = list(ONNX_TYPES)  # every OIP datatype, BYTES included
 
 
 @pytest.fixture(scope="module")

@@ -4,31 +4,16 @@ re-enrolling, and goes offline when stopped."""
 import hashlib
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.http as triton
 from django.utils import timezone
-from onnx import TensorProto, helper
 
 from fleet.models import EnrollmentToken, Node
 from fleet.tasks import detect_status_flips_task
+from tests.inference.harness import doubler_model
 from tests.integration.conftest import free_port, python, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def write_doubler(path):
-    """y = 2x over float32 [-1, 4]: the smallest model with a dynamic batch dimension."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["y"])], "doubler", [x], [y], [two]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -43,7 +28,7 @@ def test_an_agent_enrolls_heartbeats_serves_and_goes_offline(
 ):
     models = tmp_path / "models"
     models.mkdir()
-    sha = write_doubler(models / "doubler.onnx")
+    sha = hashlib.sha256(doubler_model(models / "doubler.onnx").read_bytes()).hexdigest()
     _, secret = EnrollmentToken.issue(node_name="fra-nano-1", region=eu_west, node_class=nano)
     port = free_port()
     args = [
