@@ -166,6 +166,9 @@ def serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: one line per heartbeat. Failures are logged by the
+    # agent itself (inference/agent.py), with what it will do about them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from inference.agent import ConsoleLink, IdentityError, load_identity
 
     models_dir: Path = args.models
