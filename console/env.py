@@ -6,6 +6,7 @@ rather than guessing, so a typo in a deployment stops the process at start.
 
 from __future__ import annotations
 
+import json
 import os
 from urllib.parse import urlparse
 
@@ -64,3 +65,13 @@ def env_url(name: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str |
             f"got {value!r}"
         )
     return value.rstrip("/")
+
+
+def env_json(name: str) -> object | None:
+    value = env_str(name)
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from console.env import env_bool, env_int, env_list, env_str, env_url
+from console.env import env_bool, env_int, env_json, env_list, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state of the embedded default: the SQLite file, the Celery folders, the dev signing key.
@@ -202,6 +202,16 @@ if OUTPOST_NODE_OFFLINE_AFTER_S <= OUTPOST_NODE_ONLINE_AFTER_S:
     )
 OUTPOST_ENROLLMENT_TOKEN_TTL_H = env_int("OUTPOST_ENROLLMENT_TOKEN_TTL_H", 24, minimum=1)
 OUTPOST_SAMPLE_RETENTION_H = env_int("OUTPOST_SAMPLE_RETENTION_H", 72, minimum=1)
+# The model registry: where uploaded artifacts are kept (by sha256), how large one may be, and
+# the newest ONNX opset the fleet's onnxruntime runs (1.19+ runs opset 21).
+OUTPOST_ARTIFACT_DIR = Path(env_str("OUTPOST_ARTIFACT_DIR", str(VAR_DIR / "artifacts")))
+OUTPOST_MAX_MODEL_BYTES = env_int("OUTPOST_MAX_MODEL_BYTES", 512 * 2**20, minimum=1024)
+OUTPOST_MAX_OPSET = env_int("OUTPOST_MAX_OPSET", 21, minimum=7)
+# Grading thresholds (per grade: FLOPs and memory bounds, p95 target) as JSON; unset means
+# fleet.grading.DEFAULT_THRESHOLDS. Checked at start by a system check (fleet/checks.py).
+OUTPOST_GRADING = env_json("OUTPOST_GRADING")
+# Uploads of up to this size stay in memory; larger ones spool to a temporary file.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20
 # The URL nodes use to reach the console, shown in the enrollment command.
 OUTPOST_PUBLIC_URL = env_url("OUTPOST_PUBLIC_URL") or "http://127.0.0.1:8000"
 

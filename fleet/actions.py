@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+from dataclasses import asdict
 
+import onnx
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
-from fleet.models import EnrollmentToken, Node
+from fleet import artifacts
+from fleet.models import EnrollmentToken, Model, ModelVersion, Node, NodeClass
+from fleet.tasks import grade_version_task
 from inference.protocol import EnrollRequest, hash_secret
+
+log = logging.getLogger(__name__)
 
 
 class EnrollmentError(Exception):
@@ -49,3 +58,95 @@ def enroll_node(request: EnrollRequest) -> tuple[Node, str]:
         token.node = node
         token.save(update_fields=["used_at", "node"])
     return node, credential
+
+
+def register_model_version(
+    *,
+    owner,
+    name: str,
+    data: bytes,
+    description: str = "",
+    signals: dict[str, str] | None = None,
+    uploaded_by=None,
+) -> tuple[ModelVersion, bool]:
+    """Validate and store an upload as the model's next version, then grade it in Celery.
+
+    The same bytes uploaded again for the same model are recognised: the existing version is
+    returned with created=False and nothing is stored twice. Raises InvalidArtifact.
+    """
+    _, signature = artifacts.inspect(data)
+    schema = artifacts.check_signals(signals) if signals is not None else None
+    digest = artifacts.sha256(data)
+    with transaction.atomic():
+        model, _ = Model.objects.get_or_create(owner=owner, name=name)
+        # The lock serialises uploads to one model, so version numbers never collide.
+        model = Model.objects.select_for_update().get(pk=model.pk)
+        if description and description != model.description:
+            model.description = description
+            model.save(update_fields=["description"])
+        if schema is not None and schema != model.signal_schema:
+            model.signal_schema = schema
+            model.save(update_fields=["signal_schema"])
+        existing = model.versions.filter(sha256=digest).first()
+        if existing is not None:
+            return existing, False
+        artifacts.store(data, digest)
+        latest = model.versions.aggregate(n=Max("version"))["n"] or 0
+        version = ModelVersion.objects.create(
+            model=model,
+            version=latest + 1,
+            sha256=digest,
+            size_bytes=len(data),
+            opset=signature.opset,
+            inputs=signature.inputs,
+            outputs=signature.outputs,
+            uploaded_by=uploaded_by,
+        )
+        transaction.on_commit(lambda: grade_version_task.delay(version.pk))
+    return version, True
+
+
+def grade_version(version: ModelVersion) -> None:
+    """Grade a version on this host (fleet.grading) and record the verdict, or why not."""
+    from fleet import grading  # measuring needs onnxruntime: loaded where grading runs
+
+    path = artifacts.path_for(version.sha256)
+    try:
+        stats = grading.analyse(onnx.load(path))
+        measurement = grading.measure(path)
+    except Exception as exc:  # a model that checks but does not run: say so on its page
+        log.warning("grading %s failed", version, exc_info=True)
+        version.record_failure(f"the model could not be measured: {exc}")
+        return
+    classes = list(NodeClass.objects.order_by("capex"))
+    thresholds = grading_thresholds()
+    profiles = [
+        grading.ClassProfile(name=c.name, memory_bytes=c.memory_bytes, speed_factor=c.speed_factor)
+        for c in classes
+    ]
+    verdict = grading.verdict(stats, measurement, profiles, thresholds)
+    by_name = {c.name: c for c in classes}
+    version.record_grade(
+        grade=verdict.grade,
+        node_class=by_name.get(verdict.node_class),
+        stats=asdict(stats),
+        measurement=asdict(measurement),
+        latency=[
+            {
+                "node_class": c.node_class,
+                "p50_ms": c.p50_s * 1000,
+                "p95_ms": c.p95_s * 1000,
+                "fits_memory": c.fits_memory,
+                "meets_target": c.meets_target,
+            }
+            for c in verdict.latencies
+        ],
+        target_s=verdict.target_s,
+        reasons=list(verdict.reasons),
+    )
+
+
+def grading_thresholds():
+    from fleet import grading
+
+    return grading.Thresholds.from_setting(settings.OUTPOST_GRADING or grading.DEFAULT_THRESHOLDS)

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
+import orjson
 from django.conf import settings
 from django.db.models import Prefetch
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from ninja import Query, Router, Schema, Status
+from ninja import File, Form, Query, Router, Schema, Status, UploadedFile
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, django_auth_is_staff
 
+from billing.auth import ApiKeyAuth
+from billing.models import ApiKey
 from billing.signing import console_public_key_b64
-from fleet.actions import EnrollmentError, enroll_node
+from fleet.actions import EnrollmentError, enroll_node, register_model_version
+from fleet.artifacts import InvalidArtifact
 from fleet.choices import NodeStatus
 from fleet.forms import EnrollForm
-from fleet.models import EnrollmentToken, Node, NodeClass, NodeStatusChange, Region
+from fleet.models import (
+    EnrollmentToken,
+    Model,
+    ModelVersion,
+    Node,
+    NodeClass,
+    NodeStatusChange,
+    Region,
+)
 from fleet.schemas import (
     EnrollmentTokenIn,
     EnrollmentTokenOut,
@@ -25,6 +39,8 @@ from fleet.schemas import (
     RegionOut,
 )
 from inference import protocol
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
 
 
 class NodeCredentialAuth(HttpBearer):
@@ -158,3 +174,115 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn):
 def form_errors(form) -> str:
     """A form's errors as one line for an API error body: "field: message; …"."""
     return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in form.errors.items())
+
+
+# --- the model registry -------------------------------------------------------------------
+
+models_router = Router(tags=["models"], auth=[ApiKeyAuth(), django_auth_is_staff])
+
+
+def _caller_tenant(request: HttpRequest):
+    """The tenant behind an API key; None for an operator, who sees and registers the
+    catalogue."""
+    return request.auth.tenant if isinstance(request.auth, ApiKey) else None
+
+
+def version_info(version: ModelVersion, *, created: bool = True) -> protocol.ModelVersionInfo:
+    model = version.model
+    return protocol.ModelVersionInfo(
+        model=model.name,
+        owner=model.owner_slug,
+        version=version.version,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        status=version.status,
+        created=created,
+        signals=model.signal_schema,
+        opset=version.opset,
+        inputs=version.inputs,
+        outputs=version.outputs,
+        grade=version.grade or None,
+        node_class=version.node_class.name if version.node_class_id else None,
+        latency=version.latency,
+        reasons=version.reasons,
+        failure=version.failure or None,
+    )
+
+
+@models_router.post(
+    "",
+    response={
+        200: protocol.ModelVersionInfo,
+        201: protocol.ModelVersionInfo,
+        400: protocol.ErrorBody,
+    },
+    summary="Register an ONNX model version (graded in the background)",
+)
+def register_model(
+    request: HttpRequest,
+    file: File[UploadedFile],
+    name: Form[str],
+    description: Form[str] = "",
+    signals: Form[str] = "",
+):
+    if not SLUG.match(name):
+        raise HttpError(400, "name must be lowercase letters, digits and dashes (at most 100)")
+    try:
+        schema = orjson.loads(signals) if signals.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, f"signals must be a JSON object: {exc}") from None
+    if file.size is not None and file.size > settings.OUTPOST_MAX_MODEL_BYTES:
+        raise HttpError(
+            413,
+            f"the file is {file.size} bytes; models may be at most "
+            f"{settings.OUTPOST_MAX_MODEL_BYTES} bytes",
+        )
+    try:
+        version, created = register_model_version(
+            owner=_caller_tenant(request),
+            name=name,
+            data=file.read(),
+            description=description,
+            signals=schema,
+            uploaded_by=request.user if request.user.is_authenticated else None,
+        )
+    except InvalidArtifact as exc:
+        raise HttpError(400, str(exc)) from None
+    return Status(201 if created else 200, version_info(version, created=created))
+
+
+def _versions(request: HttpRequest):
+    return ModelVersion.objects.select_related("model__owner", "node_class").filter(
+        model__in=Model.objects.visible_to(_caller_tenant(request))
+    )
+
+
+def _find_version(request: HttpRequest, name: str, version: int, owner: str | None):
+    candidates = _versions(request).filter(model__name=name, version=version)
+    tenant = _caller_tenant(request)
+    if owner is not None:
+        candidates = candidates.filter(model__owner__slug=owner)
+    elif tenant is not None:
+        # A tenant's own model of that name comes before the catalogue's.
+        own = candidates.filter(model__owner=tenant).first()
+        if own is not None:
+            return own
+        candidates = candidates.filter(model__owner__isnull=True)
+    else:
+        candidates = candidates.filter(model__owner__isnull=True)
+    found = candidates.first()
+    if found is None:
+        raise HttpError(404, f"no version {version} of a model named {name!r}")
+    return found
+
+
+@models_router.get("", response=list[protocol.ModelVersionInfo], summary="Model versions")
+def list_versions(request: HttpRequest):
+    return [version_info(v) for v in _versions(request).order_by("model__name", "-version")]
+
+
+@models_router.get("/{name}/versions/{version}", response=protocol.ModelVersionInfo)
+def get_version(request: HttpRequest, name: str, version: int, owner: str | None = None):
+    """One version, with its grade once graded. Operators name a tenant's model with
+    `?owner=<tenant slug>`; without it they mean the catalogue."""
+    return version_info(_find_version(request, name, version, owner))

@@ -22,3 +22,22 @@ STATUS_BADGE = {
     NodeStatus.DEGRADED: "warning",
     NodeStatus.OFFLINE: "danger",
 }
+
+
+class Grade(models.TextChoices):
+    TINY = "tiny", "Tiny (classification-sized)"
+    MEDIUM = "medium", "Medium (ASR-sized)"
+    LARGE = "large", "Large (multimodal-sized)"
+
+
+class VersionStatus(models.TextChoices):
+    GRADING = "grading", "Grading"
+    GRADED = "graded", "Graded"
+    FAILED = "failed", "Grading failed"
+
+
+VERSION_BADGE = {
+    VersionStatus.GRADING: "info",
+    VersionStatus.GRADED: "success",
+    VersionStatus.FAILED: "danger",
+}

@@ -9,7 +9,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from fleet.models import Node, NodeSample
+from fleet.choices import VersionStatus
+from fleet.models import ModelVersion, Node, NodeSample
 
 
 @shared_task
@@ -34,3 +35,15 @@ def prune_node_samples_task() -> int:
     cutoff = timezone.now() - timedelta(hours=settings.OUTPOST_SAMPLE_RETENTION_H)
     deleted, _ = NodeSample.objects.filter(at__lt=cutoff).delete()
     return deleted
+
+
+@shared_task
+def grade_version_task(version_id: int) -> str:
+    """Analyse, measure and grade one uploaded version; idempotent (a graded one is left)."""
+    version = ModelVersion.objects.select_related("model").get(pk=version_id)
+    if version.status != VersionStatus.GRADING:
+        return version.status
+    from fleet.actions import grade_version  # actions enqueue this task: import at run time
+
+    grade_version(version)
+    return version.status

@@ -175,3 +175,43 @@ def new_secret(prefix: str) -> str:
 def hash_secret(secret: str) -> str:
     """Secrets are stored hashed; they are random and long, so a plain SHA-256 is enough."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# --- model registry (console API; the SDK and CLI in inference/sdk.py use these) ------------
+
+MODELS_PATH = "/api/v1/models"
+
+# Signal types a tenant may declare for the fields it sends in OIP `parameters`.
+SIGNAL_TYPES = ("string", "int", "float", "bool")
+
+Grade = Literal["tiny", "medium", "large"]
+VersionStatus = Literal["grading", "graded", "failed"]
+
+
+class ClassLatency(WireModel):
+    node_class: str
+    p50_ms: float
+    p95_ms: float
+    fits_memory: bool
+    meets_target: bool
+
+
+class ModelVersionInfo(WireModel):
+    """A registered model version as the console reports it (upload answer and reads)."""
+
+    model: str = Field(description="The model's name")
+    owner: str | None = Field(description="Owning tenant's slug; null for the catalogue")
+    version: int
+    sha256: str
+    size_bytes: int
+    status: VersionStatus
+    created: bool = Field(description="False when these exact bytes were registered before")
+    signals: dict[str, str] = Field(default_factory=dict)
+    opset: int
+    inputs: list[dict] = Field(default_factory=list)
+    outputs: list[dict] = Field(default_factory=list)
+    grade: Grade | None = None
+    node_class: str | None = Field(None, description="Smallest node class that serves it")
+    latency: list[ClassLatency] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list, description="Why this grade and class")
+    failure: str | None = None

@@ -63,6 +63,11 @@ class NodeClass(models.Model):
     )
     memory_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
     has_gpu = models.BooleanField(default=False)
+    # How many times faster than the console host this class runs a model: grading scales
+    # its measured latency by it (fleet.grading), and node reports calibrate it over time.
+    speed_factor = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(1000)]
+    )
 
     class Meta:
         ordering = ["capex"]
