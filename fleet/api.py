@@ -7,7 +7,7 @@ import re
 import orjson
 from django.conf import settings
 from django.db.models import Prefetch
-from django.http import HttpRequest
+from django.http import FileResponse, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import File, Form, Query, Router, Schema, Status, UploadedFile
@@ -17,6 +17,7 @@ from ninja.security import HttpBearer, django_auth_is_staff
 from billing.auth import ApiKeyAuth
 from billing.models import ApiKey
 from billing.signing import console_public_key_b64
+from fleet import artifacts
 from fleet.actions import EnrollmentError, enroll_node, register_model_version
 from fleet.artifacts import InvalidArtifact
 from fleet.choices import NodeStatus
@@ -40,6 +41,7 @@ from fleet.schemas import (
 )
 from inference import protocol
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
 
 
@@ -103,6 +105,24 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             desired_bundle_revision=None,
         ),
     )
+
+
+@node_router.get(
+    "/artifacts/{sha256}",
+    auth=NodeCredentialAuth(),
+    response={200: None, 404: protocol.ErrorBody},
+    summary="Download a model artifact by its sha256 (the node verifies it)",
+)
+def download_artifact(request: HttpRequest, sha256: str):
+    if not SHA256.match(sha256) or not ModelVersion.objects.filter(sha256=sha256).exists():
+        raise HttpError(404, f"no artifact with sha256 {sha256}")
+    path = artifacts.path_for(sha256)
+    if not path.exists():
+        raise HttpError(404, f"the artifact {sha256} is registered but missing from storage")
+    response = FileResponse(path.open("rb"), content_type="application/octet-stream")
+    response["Content-Length"] = str(path.stat().st_size)
+    response["X-Outpost-Sha256"] = sha256
+    return response
 
 
 class NodeFilter(Schema):

@@ -71,6 +71,13 @@ class LoadedModel(WireModel):
     version: str = Field(max_length=50)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     ready: bool
+    # Since the agent started, for this version: the console's rollout health gates compare
+    # a new version's error rate and latency with the old one's from these.
+    requests_total: int = Field(0, ge=0)
+    errors_total: int = Field(0, ge=0)
+    latency_p95_ms: float | None = Field(None, ge=0, description="Over the last minute")
+    # Why a desired version is not served (download failed, sha256 mismatch, does not fit).
+    problem: str | None = Field(None, max_length=500)
 
 
 class HeartbeatReport(WireModel):
@@ -90,6 +97,22 @@ class HeartbeatReport(WireModel):
     bundle_revision: int | None = None
 
 
+ARTIFACT_PATH = "/api/v1/nodes/artifacts/{sha256}"
+
+
+class DesiredVersion(WireModel):
+    """A model version the console wants the node to serve."""
+
+    model: str = Field(description="The name it is served under (the OIP model name)")
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    url: str = Field(description="Where to download it, relative to the console's URL")
+    traffic_share: float = Field(
+        ge=0, le=1, description="Share of the model's requests this version takes"
+    )
+
+
 class HeartbeatReply(WireModel):
     """What the console wants of the node."""
 
@@ -97,6 +120,9 @@ class HeartbeatReply(WireModel):
     heartbeat_interval_s: int
     server_time: datetime
     desired_bundle_revision: int | None = None
+    # None: the console manages no models on this node. A list: exactly these console-managed
+    # versions should be served (models found in the agent's --models folder stay as they are).
+    desired_models: list[DesiredVersion] | None = None
 
 
 # --- errors ---------------------------------------------------------------------------------

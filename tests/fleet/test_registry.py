@@ -192,3 +192,19 @@ def test_the_inspection_reads_the_signature(tmp_path):
     assert isinstance(model, onnx.ModelProto)
     assert signature.opset == 17
     assert signature.outputs == [{"name": "y", "datatype": "FLOAT", "shape": [-1, 4]}]
+
+
+def test_a_node_downloads_an_artifact_by_its_sha256(
+    client, acme_key, doubler, make_node, eu_west, nano
+):
+    node = make_node("fra-nano-1", eu_west, nano)
+    digest = upload(client, acme_key, doubler).json()["sha256"]
+    headers = {"Authorization": f"Bearer {node.credential}"}
+
+    response = client.get(f"/api/v1/nodes/artifacts/{digest}", headers=headers)
+
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == doubler
+    assert response["X-Outpost-Sha256"] == digest
+    assert client.get(f"/api/v1/nodes/artifacts/{'0' * 64}", headers=headers).status_code == 404
+    assert client.get(f"/api/v1/nodes/artifacts/{digest}").status_code == 401
