@@ -169,6 +169,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.detect_status_flips_task",
         "schedule": 10.0,
     },
+    "advance-rollouts": {
+        "task": "fleet.tasks.advance_rollouts_task",
+        "schedule": 5.0,
+    },
     "prune-node-samples": {
         "task": "fleet.tasks.prune_node_samples_task",
         "schedule": 3600.0,

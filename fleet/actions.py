@@ -112,8 +112,11 @@ def grade_version(version: ModelVersion) -> None:
 
     path = artifacts.path_for(version.sha256)
     try:
-        stats = grading.analyse(onnx.load(path))
+        stats = grading.analyse(onnx.load(path, load_external_data=False))
         measurement = grading.measure(path)
+    except grading.MeasurementError as exc:
+        version.record_failure(str(exc))
+        return
     except Exception as exc:  # a model that checks but does not run: say so on its page
         log.warning("grading %s failed", version, exc_info=True)
         version.record_failure(f"the model could not be measured: {exc}")

@@ -1,6 +1,17 @@
 from django.contrib import admin
 
-from fleet.models import EnrollmentToken, Node, NodeClass, NodeSample, NodeStatusChange, Region
+from fleet.models import (
+    Deployment,
+    DeploymentEvent,
+    EnrollmentToken,
+    Model,
+    ModelVersion,
+    Node,
+    NodeClass,
+    NodeSample,
+    NodeStatusChange,
+    Region,
+)
 
 
 @admin.register(Region)
@@ -90,6 +101,49 @@ class EnrollmentTokenAdmin(admin.ModelAdmin):
     list_display = ["prefix", "node_name", "region", "node_class", "expires_at", "used_at", "node"]
     list_select_related = ["region", "node_class", "node"]
     readonly_fields = ["prefix", "secret_hash", "created_by", "created_at", "used_at", "node"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Model)
+class ModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "created_at"]
+    list_filter = ["owner"]
+    list_select_related = ["owner"]
+    search_fields = ["name", "description"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    # Versions are uploaded through the console or the API, never edited: the bytes are immutable.
+    list_display = ["model", "version", "status", "grade", "node_class", "size_bytes", "created_at"]
+    list_filter = ["status", "grade", "node_class"]
+    list_select_related = ["model__owner", "node_class"]
+    readonly_fields = [f.name for f in ModelVersion._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+class DeploymentEventInline(admin.TabularInline):
+    model = DeploymentEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ["at", "from_state", "to_state", "step_index", "percent", "reason", "actor"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    # Deployments move through fleet.rollout_actions (history rows, gates); here they are read.
+    list_display = ["pk", "version", "previous", "strategy", "state", "step_index", "created_at"]
+    list_filter = ["state", "strategy"]
+    list_select_related = ["version__model", "previous__model"]
+    readonly_fields = [f.name for f in Deployment._meta.fields]
+    inlines = [DeploymentEventInline]
 
     def has_add_permission(self, request):
         return False

@@ -14,7 +14,7 @@ from ninja import File, Form, Query, Router, Schema, Status, UploadedFile
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, django_auth_is_staff
 
-from billing.auth import ApiKeyAuth
+from billing.auth import ApiKeyAuth, staff_session
 from billing.models import ApiKey
 from billing.signing import console_public_key_b64
 from fleet import artifacts
@@ -31,6 +31,7 @@ from fleet.models import (
     NodeStatusChange,
     Region,
 )
+from fleet.rollout_actions import desired_versions
 from fleet.schemas import (
     EnrollmentTokenIn,
     EnrollmentTokenOut,
@@ -103,6 +104,7 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             heartbeat_interval_s=settings.OUTPOST_HEARTBEAT_INTERVAL_S,
             server_time=timezone.now(),
             desired_bundle_revision=None,
+            desired_models=desired_versions(node),
         ),
     )
 
@@ -198,7 +200,7 @@ def form_errors(form) -> str:
 
 # --- the model registry -------------------------------------------------------------------
 
-models_router = Router(tags=["models"], auth=[ApiKeyAuth(), django_auth_is_staff])
+models_router = Router(tags=["models"], auth=[ApiKeyAuth(), staff_session])
 
 
 def _caller_tenant(request: HttpRequest):

@@ -11,13 +11,18 @@ page's figures from these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from django.utils.safestring import SafeString, mark_safe
 
 from fleet import rates
+
+if TYPE_CHECKING:
+    from fleet.grading import ClassLatency
 
 Point = tuple[datetime, float | None]
 
@@ -282,3 +287,99 @@ def node_figures(
             empty_text="Not enough heartbeats in this range to count requests",
         ),
     }
+
+
+# Red for the target line: Bootstrap's danger, the colour of a missed SLO elsewhere.
+TARGET_COLOUR = "#dc3545"
+# Past this spread between the slowest and fastest bars (and the target), a linear axis would
+# draw the fast classes as invisible slivers: the chart switches to a log axis.
+_LOG_SPREAD = 50
+
+
+def grading_figure(
+    latencies: Sequence[ClassLatency], target_s: float, chosen: str | None
+) -> go.Figure:
+    """The model page's grading chart: p50 and p95 per node class in ms, the grade's p95
+    target as a line, and the chosen class outlined and labelled (fleet.grading.verdict)."""
+    fig = go.Figure(layout=_layout(y_title="ms", y_format="", height=280))
+    names = [c.node_class for c in latencies]
+    target_ms = target_s * 1000
+    notes = [
+        ", ".join(
+            [
+                "meets the target" if c.meets_target else "misses the target",
+                "fits its memory" if c.fits_memory else "over its memory budget",
+            ]
+        )
+        for c in latencies
+    ]
+    for label, values, colour in (
+        ("p50", [c.p50_s * 1000 for c in latencies], "#9ec5fe"),
+        ("p95", [c.p95_s * 1000 for c in latencies], COLOURS[0]),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[round(v, 4) for v in values],
+                name=label,
+                customdata=notes,
+                hovertemplate=f"{label} %{{y:.3g}} ms<br>%{{customdata}}<extra></extra>",
+                marker={
+                    "color": colour,
+                    # Hatched: the class cannot hold the model, whatever its speed.
+                    "pattern": {
+                        "shape": ["" if c.fits_memory else "/" for c in latencies],
+                        "fgcolor": "#6c757d",
+                    },
+                    "line": {
+                        "color": [TOTAL_COLOUR if n == chosen else colour for n in names],
+                        "width": [2.5 if n == chosen else 0 for n in names],
+                    },
+                },
+            )
+        )
+    fig.add_shape(
+        type="line",
+        xref="paper",
+        x0=0,
+        x1=1,
+        y0=target_ms,
+        y1=target_ms,
+        line={"color": TARGET_COLOUR, "width": 1.5, "dash": "dash"},
+    )
+    fig.add_annotation(
+        text=f"p95 target {target_ms:.3g} ms",
+        xref="paper",
+        x=1,
+        xanchor="right",
+        y=target_ms,
+        yanchor="bottom",
+        showarrow=False,
+        font={"color": TARGET_COLOUR},
+    )
+    fig.update_layout(barmode="group", hovermode="closest", showlegend=True)
+    fig.update_xaxes(
+        type="category",
+        tickvals=names,
+        ticktext=[f"<b>{n}</b> (chosen)" if n == chosen else n for n in names],
+    )
+    # The axis is set by hand so that the target line is always in view (plotly's autorange
+    # follows the bars only).
+    values = [target_ms] + [v for c in latencies for v in (c.p50_s * 1000, c.p95_s * 1000)]
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > _LOG_SPREAD:
+        low, high = math.log10(min(positive) / 2), math.log10(max(positive) * 2)
+        fig.update_yaxes(type="log", range=[low, high], title={"text": "ms (log scale)"})
+    else:
+        fig.update_yaxes(range=[0, max(values) * 1.15])
+    if not latencies:
+        fig.add_annotation(
+            text="No node classes to compare",
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+            font={"size": 14, "color": "#6c757d"},
+        )
+    return fig

@@ -41,3 +41,23 @@ VERSION_BADGE = {
     VersionStatus.GRADED: "success",
     VersionStatus.FAILED: "danger",
 }
+
+
+class DeploymentState(models.TextChoices):
+    ROLLING = "rolling", "Rolling out"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+class Strategy(models.TextChoices):
+    ALL_AT_ONCE = "all_at_once", "All at once"
+    CANARY = "canary", "Canary by steps"
+
+
+DEPLOYMENT_BADGE = {
+    DeploymentState.ROLLING: "primary",
+    DeploymentState.PAUSED: "warning",
+    DeploymentState.COMPLETED: "success",
+    DeploymentState.ROLLED_BACK: "danger",
+}

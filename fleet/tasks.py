@@ -9,8 +9,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from fleet.choices import VersionStatus
-from fleet.models import ModelVersion, Node, NodeSample
+from fleet.choices import DeploymentState, VersionStatus
+from fleet.models import Deployment, ModelVersion, Node, NodeSample
 
 
 @shared_task
@@ -47,3 +47,16 @@ def grade_version_task(version_id: int) -> str:
 
     grade_version(version)
     return version.status
+
+
+@shared_task
+def advance_rollouts_task() -> int:
+    """Judge every rolling deployment once; returns how many changed step or state."""
+    from fleet.rollout_actions import judge
+    from fleet.rollouts import Decision
+
+    changed = 0
+    for deployment in Deployment.objects.filter(state=DeploymentState.ROLLING).only("pk"):
+        if judge(deployment) != Decision.WAIT:
+            changed += 1
+    return changed

@@ -1,4 +1,5 @@
-"""The fleet's models: nodes and their history (nodes.py), the model registry (registry.py)."""
+"""The fleet's models: nodes and their history (nodes.py), the model registry (registry.py),
+deployments (rollouts.py)."""
 
 from fleet.models.nodes import (
     EnrollmentToken,
@@ -10,8 +11,11 @@ from fleet.models.nodes import (
     Region,
 )
 from fleet.models.registry import Model, ModelVersion
+from fleet.models.rollouts import Deployment, DeploymentEvent
 
 __all__ = [
+    "Deployment",
+    "DeploymentEvent",
     "EnrollmentToken",
     "Model",
     "ModelVersion",

@@ -53,6 +53,12 @@ class Model(models.Model):
     def owner_slug(self) -> str | None:
         return None if self.owner_id is None else self.owner.slug
 
+    @property
+    def served_name(self) -> str:
+        """The OIP model name on the nodes: tenants' models are prefixed with the tenant, so
+        two tenants' "churn" never meet on a node."""
+        return self.name if self.owner_id is None else f"{self.owner.slug}.{self.name}"
+
 
 # Set at upload and never changed: the bytes and what they are.
 IMMUTABLE_FIELDS = frozenset(

@@ -1,0 +1,251 @@
+"""Writes that move deployments: start, pause, resume, promote, roll back, and the periodic
+judgement of rolling deployments. Each owns its transaction and writes a DeploymentEvent.
+The decisions themselves are pure (fleet.rollouts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from fleet import rollouts
+from fleet.choices import DeploymentState, Strategy, VersionStatus
+from fleet.models import Deployment, DeploymentEvent, ModelVersion, Node, NodeClass, Region
+from inference.protocol import ARTIFACT_PATH, DesiredVersion
+
+
+class RolloutError(Exception):
+    """The request cannot be carried out; the message says why, for the operator."""
+
+
+def _event(deployment: Deployment, old_state: str, reason: str, actor=None) -> None:
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        from_state=old_state,
+        to_state=deployment.state,
+        step_index=deployment.step_index,
+        percent=deployment.current_percent,
+        reason=reason[:300],
+        actor=actor,
+    )
+
+
+def _fit_problems(version: ModelVersion, classes: Iterable[NodeClass]) -> list[str]:
+    from fleet.actions import grading_thresholds
+
+    peak = int(version.stats.get("peak_memory_bytes") or 0)
+    share = grading_thresholds().memory_budget_share
+    problems = []
+    for node_class in classes:
+        budget = int(node_class.memory_bytes * share)
+        if peak > budget:
+            problems.append(
+                f"{version} needs {peak / 2**30:.2f} GiB at peak; a {node_class.name} node gives "
+                f"one model {budget / 2**30:.2f} GiB ({share:.0%} of its memory)"
+            )
+    return problems
+
+
+def start_rollout(
+    version: ModelVersion,
+    *,
+    regions: Iterable[Region] = (),
+    node_classes: Iterable[NodeClass] = (),
+    strategy: str = Strategy.CANARY,
+    steps: list[int] | None = None,
+    soak_s: int = 60,
+    gates: rollouts.Gates | None = None,
+    acting_user=None,
+) -> Deployment:
+    """Start rolling `version` out; refused up front when it cannot run where it is sent."""
+    regions, node_classes = list(regions), list(node_classes)
+    gates = gates or rollouts.Gates()
+    if version.status != VersionStatus.GRADED:
+        raise RolloutError(f"{version} is not graded yet ({version.get_status_display()})")
+    steps = [100] if strategy == Strategy.ALL_AT_ONCE else (steps or [5, 25, 100])
+    rollouts.parse_steps(", ".join(map(str, steps)))  # same rules as the form
+    target_classes = node_classes or list(NodeClass.objects.all())
+    problems = _fit_problems(version, target_classes)
+    if problems:
+        raise RolloutError("; ".join(problems))
+    with transaction.atomic():
+        model = version.model
+        busy = Deployment.objects.active().filter(version__model=model).first()
+        if busy is not None:
+            raise RolloutError(
+                f"deployment {busy.pk} of {model} is still {busy.get_state_display().lower()}; "
+                "promote or roll it back first"
+            )
+        last = (
+            Deployment.objects.filter(version__model=model)
+            .filter(state__in=[DeploymentState.COMPLETED, DeploymentState.ROLLED_BACK])
+            .order_by("-created_at")
+            .first()
+        )
+        previous = None
+        if last is not None:
+            previous = last.version if last.state == DeploymentState.COMPLETED else last.previous
+        if previous == version:
+            raise RolloutError(f"{version} is already what these nodes serve")
+        deployment = Deployment.objects.create(
+            version=version,
+            previous=previous,
+            strategy=strategy,
+            steps=steps,
+            soak_s=soak_s,
+            max_error_rate_increase=gates.max_error_rate_increase,
+            max_p95_ratio=gates.max_p95_ratio,
+            min_requests=gates.min_requests,
+            created_by=acting_user,
+        )
+        deployment.regions.set(regions)
+        deployment.node_classes.set(node_classes)
+        deployment.step_baseline = rollouts.totals(_reports(deployment))
+        deployment.save(update_fields=["step_baseline"])
+        _event(deployment, "", f"started at {deployment.current_percent} %", acting_user)
+    return deployment
+
+
+def _reports(deployment: Deployment) -> list[dict]:
+    rows: list[dict] = []
+    for loaded in deployment.nodes().values_list("models_loaded", flat=True):
+        rows.extend(loaded or [])
+    return rows
+
+
+def _locked(deployment: Deployment) -> Deployment:
+    return Deployment.objects.select_for_update().get(pk=deployment.pk)
+
+
+def pause(deployment: Deployment, *, acting_user=None, reason: str = "paused by hand") -> None:
+    with transaction.atomic():
+        d = _locked(deployment)
+        if d.state != DeploymentState.ROLLING:
+            raise RolloutError(f"only a rolling deployment can be paused (this one is {d.state})")
+        d.state = DeploymentState.PAUSED
+        d.save(update_fields=["state"])
+        _event(d, DeploymentState.ROLLING, reason, acting_user)
+
+
+def resume(deployment: Deployment, *, acting_user=None) -> None:
+    with transaction.atomic():
+        d = _locked(deployment)
+        if d.state != DeploymentState.PAUSED:
+            raise RolloutError(f"only a paused deployment can be resumed (this one is {d.state})")
+        d.state = DeploymentState.ROLLING
+        d.step_started_at = timezone.now()
+        d.step_baseline = rollouts.totals(_reports(d))
+        d.save(update_fields=["state", "step_started_at", "step_baseline"])
+        _event(d, DeploymentState.PAUSED, "resumed by hand", acting_user)
+
+
+def promote(deployment: Deployment, *, acting_user=None) -> None:
+    """Skip the remaining steps: the new version takes all the traffic now."""
+    with transaction.atomic():
+        d = _locked(deployment)
+        if d.state not in (DeploymentState.ROLLING, DeploymentState.PAUSED):
+            raise RolloutError(
+                f"only a deployment under way can be promoted (this one is {d.state})"
+            )
+        old = d.state
+        d.state = DeploymentState.COMPLETED
+        d.step_index = len(d.steps) - 1
+        d.finished_at = timezone.now()
+        d.save(update_fields=["state", "step_index", "finished_at"])
+        _event(d, old, "promoted by hand", acting_user)
+
+
+def roll_back(deployment: Deployment, *, reason: str, acting_user=None) -> None:
+    with transaction.atomic():
+        d = _locked(deployment)
+        if d.state not in (
+            DeploymentState.ROLLING,
+            DeploymentState.PAUSED,
+            DeploymentState.COMPLETED,
+        ):
+            raise RolloutError(f"this deployment is already {d.get_state_display().lower()}")
+        old = d.state
+        d.state = DeploymentState.ROLLED_BACK
+        d.finished_at = timezone.now()
+        d.save(update_fields=["state", "finished_at"])
+        _event(d, old, reason, acting_user)
+
+
+def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
+    """Look at a rolling deployment's health and soak time, and act on the decision."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        d = _locked(deployment)
+        if d.state != DeploymentState.ROLLING:
+            return rollouts.Decision.WAIT
+        reports = _reports(d)
+        new = rollouts.step_health(reports, d.step_baseline, d.version.sha256)
+        old = (
+            rollouts.step_health(reports, d.step_baseline, d.previous.sha256)
+            if d.previous
+            else None
+        )
+        gates = rollouts.Gates(d.max_error_rate_increase, d.max_p95_ratio, d.min_requests)
+        gate = rollouts.check_gates(new, old, gates)
+        decision, reason = rollouts.decide(
+            now=now,
+            step_started_at=d.step_started_at,
+            soak=timedelta(seconds=d.soak_s),
+            is_last_step=d.is_last_step,
+            gate=gate,
+        )
+        d.gate_note = gate.reason[:300]
+        if decision == rollouts.Decision.WAIT:
+            d.save(update_fields=["gate_note"])
+        elif decision == rollouts.Decision.ADVANCE:
+            d.step_index += 1
+            d.step_started_at = now
+            d.step_baseline = rollouts.totals(reports)
+            d.save(update_fields=["gate_note", "step_index", "step_started_at", "step_baseline"])
+            _event(d, DeploymentState.ROLLING, f"{reason}; now {d.current_percent} %")
+        elif decision == rollouts.Decision.COMPLETE:
+            d.state = DeploymentState.COMPLETED
+            d.finished_at = now
+            d.save(update_fields=["gate_note", "state", "finished_at"])
+            _event(d, DeploymentState.ROLLING, reason)
+        else:
+            d.state = DeploymentState.ROLLED_BACK
+            d.finished_at = now
+            d.save(update_fields=["gate_note", "state", "finished_at"])
+            _event(d, DeploymentState.ROLLING, reason)
+    return decision
+
+
+def desired_versions(node: Node) -> list[DesiredVersion]:
+    """What the console wants this node to serve: per model, the latest deployment whose
+    selector takes the node in decides the versions and their traffic shares."""
+    latest: dict[int, Deployment] = {}
+    deployments = (
+        Deployment.objects.affecting(node)
+        .select_related("version__model__owner", "previous")
+        .order_by("created_at")
+    )
+    for deployment in deployments:
+        latest[deployment.version.model_id] = deployment
+    wanted: list[DesiredVersion] = []
+    for deployment in latest.values():
+        share = deployment.new_share
+        for version, version_share in (
+            (deployment.version, share),
+            (deployment.previous, 1 - share),
+        ):
+            if version is None or version_share <= 0:
+                continue
+            wanted.append(
+                DesiredVersion(
+                    model=deployment.version.model.served_name,
+                    version=str(version.version),
+                    sha256=version.sha256,
+                    size_bytes=version.size_bytes,
+                    url=ARTIFACT_PATH.format(sha256=version.sha256),
+                    traffic_share=round(version_share, 4),
+                )
+            )
+    return wanted
