@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from fleet.api import fleet_router, models_router, node_router
+from fleet.api import deployments_router, fleet_router, models_router, node_router
 
 api = NinjaAPI(
     title="Outpost API",
@@ -48,3 +48,4 @@ def authentication_error(request: HttpRequest, exc: AuthenticationError):
 api.add_router("/nodes", node_router)
 api.add_router("/fleet", fleet_router)
 api.add_router("/models", models_router)
+api.add_router("/deployments", deployments_router)

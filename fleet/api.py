@@ -20,9 +20,11 @@ from billing.signing import console_public_key_b64
 from fleet import artifacts
 from fleet.actions import EnrollmentError, enroll_node, register_model_version
 from fleet.artifacts import InvalidArtifact
-from fleet.choices import NodeStatus
+from fleet.choices import NodeStatus, Strategy
 from fleet.forms import EnrollForm
 from fleet.models import (
+    Deployment,
+    DeploymentEvent,
     EnrollmentToken,
     Model,
     ModelVersion,
@@ -31,8 +33,20 @@ from fleet.models import (
     NodeStatusChange,
     Region,
 )
-from fleet.rollout_actions import desired_versions
+from fleet.rollout_actions import (
+    RolloutError,
+    desired_versions,
+    pause,
+    promote,
+    resume,
+    roll_back,
+    start_rollout,
+)
+from fleet.rollouts import Gates
 from fleet.schemas import (
+    DeploymentActionIn,
+    DeploymentIn,
+    DeploymentOut,
     EnrollmentTokenIn,
     EnrollmentTokenOut,
     NodeClassOut,
@@ -308,3 +322,71 @@ def get_version(request: HttpRequest, name: str, version: int, owner: str | None
     """One version, with its grade once graded. Operators name a tenant's model with
     `?owner=<tenant slug>`; without it they mean the catalogue."""
     return version_info(_find_version(request, name, version, owner))
+
+
+# --- deployments (operators) ---------------------------------------------------------------
+
+deployments_router = Router(tags=["deployments"], auth=django_auth_is_staff)
+
+
+def _deployments():
+    return Deployment.objects.select_related("version__model__owner", "previous").prefetch_related(
+        Prefetch("events", queryset=DeploymentEvent.objects.select_related("actor"))
+    )
+
+
+@deployments_router.get("", response=list[DeploymentOut])
+def list_deployments(request: HttpRequest):
+    return _deployments()
+
+
+@deployments_router.get("/{deployment_id}", response=DeploymentOut)
+def get_deployment(request: HttpRequest, deployment_id: int):
+    return get_object_or_404(_deployments(), pk=deployment_id)
+
+
+@deployments_router.post("", response={201: DeploymentOut})
+def create_deployment(request: HttpRequest, body: DeploymentIn):
+    version = _find_version(request, body.model, body.version, body.owner)
+    regions = list(Region.objects.filter(code__in=body.regions))
+    unknown = set(body.regions) - {r.code for r in regions}
+    classes = list(NodeClass.objects.filter(name__in=body.node_classes))
+    unknown |= set(body.node_classes) - {c.name for c in classes}
+    if unknown:
+        raise HttpError(400, f"unknown regions or node classes: {', '.join(sorted(unknown))}")
+    if body.strategy not in Strategy.values:
+        raise HttpError(400, f"strategy must be one of {', '.join(Strategy.values)}")
+    try:
+        deployment = start_rollout(
+            version,
+            regions=regions,
+            node_classes=classes,
+            strategy=body.strategy,
+            steps=body.steps,
+            soak_s=body.soak_s,
+            gates=Gates(body.max_error_rate_increase, body.max_p95_ratio, body.min_requests),
+            acting_user=request.auth,
+        )
+    except (RolloutError, ValueError) as exc:
+        raise HttpError(400, str(exc)) from None
+    return Status(201, get_object_or_404(_deployments(), pk=deployment.pk))
+
+
+@deployments_router.post("/{deployment_id}/actions", response=DeploymentOut)
+def act_on_deployment(request: HttpRequest, deployment_id: int, body: DeploymentActionIn):
+    deployment = get_object_or_404(Deployment, pk=deployment_id)
+    actions = {
+        "pause": lambda: pause(deployment, acting_user=request.auth),
+        "resume": lambda: resume(deployment, acting_user=request.auth),
+        "promote": lambda: promote(deployment, acting_user=request.auth),
+        "roll_back": lambda: roll_back(
+            deployment, reason=body.reason or "rolled back by hand", acting_user=request.auth
+        ),
+    }
+    if body.action not in actions:
+        raise HttpError(400, f"action must be one of {', '.join(actions)}")
+    try:
+        actions[body.action]()
+    except RolloutError as exc:
+        raise HttpError(400, str(exc)) from None
+    return get_object_or_404(_deployments(), pk=deployment_id)

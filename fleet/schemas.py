@@ -77,3 +77,49 @@ class EnrollmentTokenOut(Schema):
     node_class: str
     expires_at: datetime
     command: str = Field(..., description="The command to run on the node")
+
+
+class DeploymentIn(Schema):
+    model: str = Field(..., description="Model name")
+    owner: str | None = Field(None, description="Owning tenant's slug; empty for the catalogue")
+    version: int
+    regions: list[str] = Field(default_factory=list, description="Region codes; empty = all")
+    node_classes: list[str] = Field(default_factory=list, description="Class names; empty = all")
+    strategy: str = Field("canary", description="canary or all_at_once")
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 100])
+    soak_s: int = Field(60, ge=0, le=7 * 24 * 3600)
+    max_error_rate_increase: float = Field(0.02, ge=0, le=1)
+    max_p95_ratio: float = Field(1.5, ge=1)
+    min_requests: int = Field(50, ge=1)
+
+
+class DeploymentEventOut(Schema):
+    at: datetime
+    from_state: str
+    to_state: str
+    percent: int
+    reason: str
+    actor: str | None = Field(None, alias="actor.username")
+
+
+class DeploymentOut(Schema):
+    id: int
+    model: str = Field(..., alias="version.model.name")
+    owner: str | None = Field(None, alias="version.model.owner_slug")
+    version: int = Field(..., alias="version.version")
+    previous_version: int | None = Field(None, alias="previous.version")
+    strategy: str
+    steps: list[int]
+    state: str
+    percent: int = Field(..., alias="current_percent")
+    step_started_at: datetime
+    soak_s: int
+    gate_note: str
+    created_at: datetime
+    finished_at: datetime | None
+    events: list[DeploymentEventOut]
+
+
+class DeploymentActionIn(Schema):
+    action: str = Field(..., description="pause, resume, promote or roll_back")
+    reason: str = Field("", max_length=200)
