@@ -5,8 +5,9 @@ from __future__ import annotations
 import django_filters
 from django.db.models import Q, QuerySet
 
-from fleet.choices import NodeStatus
-from fleet.models import Node, NodeClass, Region
+from billing.models import Tenant
+from fleet.choices import Grade, NodeStatus, VersionStatus
+from fleet.models import ModelVersion, Node, NodeClass, Region
 
 
 class NodeFilterSet(django_filters.FilterSet):
@@ -48,3 +49,55 @@ class NodeFilterSet(django_filters.FilterSet):
         return queryset.filter(
             Q(name__icontains=value) | Q(uid__icontains=value) | Q(hostname__icontains=value)
         )
+
+
+CATALOGUE = "catalogue"
+
+
+class ModelVersionFilterSet(django_filters.FilterSet):
+    """Filters the registry's versions. `tenant` scopes the owner choices to what that tenant
+    may see (its own models and the catalogue); without it, an operator chooses among the
+    catalogue and every tenant that owns a model."""
+
+    q = django_filters.CharFilter(method="search", label="Search")
+    # The owner's slug in the address (?owner=acme), or ?owner=catalogue.
+    owner = django_filters.ChoiceFilter(method="filter_owner", empty_label="Any owner")
+    grade = django_filters.ChoiceFilter(choices=Grade.choices, empty_label="Any grade")
+    status = django_filters.ChoiceFilter(choices=VersionStatus.choices, empty_label="Any status")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["q", "owner", "grade", "status"]
+
+    def __init__(self, *args, tenant: Tenant | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        owners = self.form.fields["owner"]
+        # The field adds its empty choice ("any owner") itself, when the choices are set.
+        if tenant is not None:
+            owners.choices = [(tenant.slug, "Yours"), (CATALOGUE, "Catalogue")]
+        else:
+            tenants = Tenant.objects.filter(models__isnull=False).distinct().order_by("slug")
+            owners.choices = [
+                (CATALOGUE, "Catalogue"),
+                *((slug, slug) for slug in tenants.values_list("slug", flat=True)),
+            ]
+        self.form.fields["q"].widget.attrs.update(
+            {"class": "form-control", "placeholder": "Model name", "type": "search"}
+        )
+        for name in ("owner", "grade", "status"):
+            self.form.fields[name].widget.attrs["class"] = "form-select"
+
+    def search(self, queryset: QuerySet[ModelVersion], name: str, value: str):
+        value = value.strip()
+        if not value:
+            return queryset
+        # "acme/churn", as the list shows a tenant's model, finds it too.
+        owner, _, model_name = value.rpartition("/")
+        if owner:
+            queryset = queryset.filter(model__owner__slug__iexact=owner)
+        return queryset.filter(model__name__icontains=model_name)
+
+    def filter_owner(self, queryset: QuerySet[ModelVersion], name: str, value: str):
+        if value == CATALOGUE:
+            return queryset.filter(model__owner__isnull=True)
+        return queryset.filter(model__owner__slug=value)

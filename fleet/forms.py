@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 
 from django import forms
 from django.conf import settings
 
-from fleet.models import EnrollmentToken, Node, NodeClass, Region
+from fleet import artifacts
+from fleet.actions import register_model_version
+from fleet.grading import format_bytes
+from fleet.models import EnrollmentToken, ModelVersion, Node, NodeClass, Region
+from inference.protocol import SIGNAL_TYPES
 
 # The longest an enrollment token may live: a month, as the API allows (fleet.schemas).
 MAX_TOKEN_TTL_H = 24 * 30
@@ -102,3 +108,128 @@ class ChartRangeForm(forms.Form):
     @property
     def window(self) -> timedelta:
         return self.RANGES[self.key]
+
+
+# Model names as the API takes them (fleet.api.SLUG): they appear in OIP paths on the nodes.
+MODEL_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
+_SIGNAL_PAIR = re.compile(r"^\s*([^:\s]+)\s*:\s*(\S+)\s*$")
+
+
+def as_sentence(message: str) -> str:
+    """fleet.artifacts' messages ("the file is empty") as a sentence for a form."""
+    message = message.strip()
+    if not message:
+        return message
+    return message[0].upper() + message[1:] + ("" if message.endswith((".", "?", "!")) else ".")
+
+
+def parse_signals(text: str) -> dict[str, str] | None:
+    """The upload form's signals: "tier:string, premium:bool" (commas or new lines), or the
+    JSON object the API takes. Empty means "keep the model's current signals" (None).
+    Raises ValidationError naming the part that does not read."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            signals = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"This is not a JSON object: {exc.msg}.") from None
+    else:
+        signals = {}
+        for part in filter(None, (p.strip() for p in re.split(r"[,\n]", text))):
+            match = _SIGNAL_PAIR.match(part)
+            if match is None:
+                raise forms.ValidationError(f"“{part}” should read name:type, e.g. tier:string.")
+            name, kind = match.groups()
+            if name in signals:
+                raise forms.ValidationError(f"The signal “{name}” is named twice.")
+            signals[name] = kind.lower()
+    try:
+        return artifacts.check_signals(signals)
+    except artifacts.InvalidArtifact as exc:
+        raise forms.ValidationError(as_sentence(str(exc))) from None
+
+
+class ModelUploadForm(BootstrapForm):
+    """Register an ONNX file as a model's next version, from the operator's registry page
+    (catalogue models) or a tenant's portal (its own models). The checks of the bytes
+    themselves are fleet.artifacts' (through fleet.actions.register_model_version), the same
+    the API applies; their refusal is shown on the file field."""
+
+    file = forms.FileField(
+        label="ONNX file",
+        help_text="An .onnx model; the bytes are checked before anything is stored.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".onnx,application/octet-stream"}),
+    )
+    name = forms.CharField(
+        max_length=100,
+        label="Model name",
+        help_text="Lowercase letters, digits and dashes, e.g. churn-scorer. Uploading to an "
+        "existing name adds its next version.",
+    )
+    description = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Optional. Replaces the model's description when given.",
+    )
+    signals = forms.CharField(
+        required=False,
+        label="Signals",
+        help_text="Optional. The named fields callers may send with a request, as "
+        "name:type pairs, e.g. tier:string, premium:bool. Types: "
+        f"{', '.join(SIGNAL_TYPES)}. Empty keeps the model's current signals.",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["name"].widget.attrs.update(
+            {"placeholder": "churn-scorer", "spellcheck": "false"}
+        )
+        self.fields["signals"].widget.attrs.update({"placeholder": "tier:string, premium:bool"})
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        # Refused before reading the file into memory; fleet.artifacts checks it again.
+        if upload.size > settings.OUTPOST_MAX_MODEL_BYTES:
+            raise forms.ValidationError(
+                f"The file is {format_bytes(upload.size)}; models may be at most "
+                f"{format_bytes(settings.OUTPOST_MAX_MODEL_BYTES)}."
+            )
+        return upload
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not MODEL_NAME.match(name):
+            raise forms.ValidationError(
+                "Use lowercase letters, digits and dashes, starting and ending with a letter "
+                "or digit."
+            )
+        return name
+
+    def clean_signals(self) -> dict[str, str] | None:
+        return parse_signals(self.cleaned_data["signals"])
+
+    def register(self, *, owner, uploaded_by) -> tuple[ModelVersion, bool] | None:
+        """Register the upload (see register_model_version); None when the bytes are refused,
+        with the reason added to the file field."""
+        data = self.cleaned_data
+        try:
+            return register_model_version(
+                owner=owner,
+                name=data["name"],
+                data=data["file"].read(),
+                description=data["description"].strip(),
+                signals=data["signals"],
+                uploaded_by=uploaded_by,
+            )
+        except artifacts.InvalidArtifact as exc:
+            self.add_error("file", as_sentence(str(exc)))
+            return None
+
+
+def registration_message(version: ModelVersion, created: bool) -> str:
+    """What the person who uploaded hears back, on the version's page."""
+    if created:
+        return f"{version.model} is registered as version {version.version}; grading…"
+    return f"These bytes were already version {version.version} of {version.model}."

@@ -3,6 +3,8 @@ region and class, so a page of any length costs the same queries (tests/fleet/te
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import F, QuerySet
 from django.urls import reverse
@@ -10,8 +12,9 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django_tables2 import A, Column, Table
 
-from fleet.choices import STATUS_BADGE, NodeStatus
-from fleet.models import EnrollmentToken, Node, NodeStatusChange
+from fleet.choices import STATUS_BADGE, VERSION_BADGE, Grade, NodeStatus, VersionStatus
+from fleet.grading import format_bytes
+from fleet.models import EnrollmentToken, ModelVersion, Node, NodeStatusChange
 
 TEMPLATE = "django_tables2/bootstrap5-responsive.html"
 
@@ -199,3 +202,129 @@ class StatusHistoryTable(Table):
 
     def render_new_status(self, record: NodeStatusChange) -> str:
         return status_badge(record.new_status)
+
+
+# --- the model registry (fleet.registry_views) -----------------------------------------------
+
+# Grades are sizes, not verdicts: neutral colours, darker for heavier models.
+GRADE_BADGE = {Grade.TINY: "secondary", Grade.MEDIUM: "primary", Grade.LARGE: "dark"}
+
+
+def version_status_badge(status: str) -> SafeString:
+    """A model version's status as a badge, coloured by fleet.choices.VERSION_BADGE."""
+    return format_html(
+        '<span class="badge text-bg-{}">{}</span>',
+        VERSION_BADGE.get(status, "secondary"),
+        VersionStatus(status).label if status in VersionStatus.values else status,
+    )
+
+
+def grade_badge(grade: str) -> SafeString:
+    """A grade as a short badge ("tiny"); the full label ("Tiny (classification-sized)") is
+    its tooltip. Empty until the version is graded."""
+    if grade not in Grade.values:
+        return format_html('<span class="text-body-secondary">{}</span>', "—")
+    return format_html(
+        '<span class="badge text-bg-{}" title="{}">{}</span>',
+        GRADE_BADGE[grade],
+        Grade(grade).label,
+        grade,
+    )
+
+
+def op_histogram_summary(histogram: dict[str, int], limit: int = 12) -> list[tuple[str, int]]:
+    """The most used operators first (ties by name), at most `limit`, and the rest summed
+    under "other" so the version page stays compact for graphs of hundreds of op types."""
+    ranked = sorted(histogram.items(), key=lambda item: (-item[1], item[0]))
+    shown, rest = ranked[:limit], ranked[limit:]
+    if rest:
+        shown.append((f"{len(rest)} other types", sum(count for _, count in rest)))
+    return shown
+
+
+class ModelVersionTable(Table):
+    """Every version in the registry, one row each. `version_url(version)` gives a row's link:
+    the operator pages and the tenant portal show the same table with their own pages."""
+
+    model = Column(
+        accessor="model__name",
+        order_by=("model__name", "model__owner__slug", "-version"),
+        verbose_name="Model",
+        attrs={"td": {"class": "fw-semibold text-nowrap"}},
+    )
+    version = NumberColumn(order_by=("version", "model__name"))
+    grade = Column()
+    node_class = Column(
+        accessor="node_class__name",
+        order_by="node_class__name",
+        verbose_name="Node class",
+        attrs={"th": {"class": "text-nowrap"}},
+    )
+    status = Column()
+    size_bytes = NumberColumn(
+        verbose_name="Size",
+        attrs={"td": {"class": "num text-end text-nowrap"}, "th": {"class": "num text-end"}},
+    )
+    sha256 = Column(verbose_name="sha256", orderable=False)
+    created_at = Column(verbose_name="Uploaded", attrs={"td": {"class": "text-nowrap"}})
+
+    class Meta:
+        model = ModelVersion
+        template_name = TEMPLATE
+        fields = ()
+        attrs = {"class": "table table-sm table-hover table-fleet align-middle mb-0"}
+        empty_text = "No model versions match these filters."
+
+    def __init__(self, *args, version_url: Callable[[ModelVersion], str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.version_url = version_url
+
+    def render_model(self, record: ModelVersion) -> SafeString:
+        model = record.model
+        if model.owner_id is None:
+            return format_html(
+                '<a hx-boost="false" href="{}">{}</a> '
+                '<span class="badge rounded-pill text-bg-light border fw-normal">catalogue</span>',
+                self.version_url(record),
+                model.name,
+            )
+        return format_html(
+            '<a hx-boost="false" href="{}"><span class="text-body-secondary fw-normal">{}/</span>'
+            "{}</a>",
+            self.version_url(record),
+            model.owner.slug,
+            model.name,
+        )
+
+    def render_version(self, value: int) -> str:
+        return f"v{value}"
+
+    # django-tables2 hands render_* the choice's label; the badges need the value.
+    def render_grade(self, record: ModelVersion) -> SafeString:
+        return grade_badge(record.grade)
+
+    def render_status(self, record: ModelVersion) -> SafeString:
+        return version_status_badge(record.status)
+
+    def render_size_bytes(self, value: int) -> str:
+        # Binary prefixes, as fleet.grading's reasons and the version page write sizes.
+        return format_bytes(value)
+
+    def render_sha256(self, value: str) -> SafeString:
+        return format_html('<code title="{}">{}…</code>', value, value[:12])
+
+    def render_created_at(self, value) -> SafeString:
+        return format_html(
+            '<span title="{} UTC">{}</span>', value.strftime("%Y-%m-%d %H:%M"), naturaltime(value)
+        )
+
+
+class OtherVersionsTable(ModelVersionTable):
+    """The other versions of one model, on a version's page: newest first."""
+
+    class Meta(ModelVersionTable.Meta):
+        exclude = ("model",)
+        orderable = False
+
+    def render_version(self, record: ModelVersion) -> SafeString:
+        return format_html('<a href="{}">v{}</a>', self.version_url(record), record.version)
