@@ -18,6 +18,16 @@ API_KEY_PREFIX = "opk"
 VISIBLE_KEY_CHARS = 12
 
 
+# Slugs the console's pages use as words of their own (the model list's owner filter has
+# `?owner=catalogue` for the provider's catalogue).
+RESERVED_SLUGS = frozenset({"catalogue", "admin", "api", "portal", "finance", "fleet"})
+
+
+def validate_not_reserved(value: str) -> None:
+    if value in RESERVED_SLUGS:
+        raise ValidationError(f"{value!r} is reserved; choose another slug")
+
+
 def validate_time_zone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
         raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)")
@@ -36,7 +46,7 @@ class TenantQuerySet(models.QuerySet["Tenant"]):
 class Tenant(models.Model):
     """A customer of the provider. Billing periods are calendar months in its time zone."""
 
-    slug = models.SlugField(max_length=50, unique=True)
+    slug = models.SlugField(max_length=50, unique=True, validators=[validate_not_reserved])
     name = models.CharField(max_length=200)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
     currency = models.CharField(

@@ -57,3 +57,10 @@ def test_each_role_lands_on_its_own_home(client, alice, bob, carol, django_user_
     assert client.get("/").url == "/portal/"
     client.force_login(django_user_model.objects.create_user("nobody"))
     assert "no role yet" in client.get("/").content.decode()
+
+
+def test_slugs_the_console_uses_as_words_are_reserved(db):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="reserved"):
+        Tenant(slug="catalogue", name="Catalogue Inc").full_clean()
