@@ -404,3 +404,30 @@ def _write_secret(path: Path, secret: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
     tmp.replace(path)
+
+
+# What the generated demo models are (inference/demo_models.py), for the catalogue's pages.
+DEMO_MODEL_DESCRIPTIONS = {
+    "tiny-classifier": "Logistic regression on 8 features, trained with scikit-learn on "
+    "synthetic data and converted to ONNX.",
+    "random-mlp-medium": "A multilayer perceptron with random weights (256 → 16): a stand-in "
+    "for a medium, ASR-sized workload.",
+    "random-convnet-large": "A convolutional network with random weights on 3×128×128 images: "
+    "a stand-in for a large, multimodal-sized workload.",
+}
+
+
+def register_demo_models(models_dir: Path, report: SeedReport) -> None:
+    """Put the generated demo models in the catalogue; the Celery worker grades them. The same
+    bytes are recognised on a second run, so nothing is registered twice."""
+    from fleet.actions import register_model_version
+
+    for name, description in DEMO_MODEL_DESCRIPTIONS.items():
+        path = models_dir / f"{name}.onnx"
+        if not path.exists():
+            continue
+        version, created = register_model_version(
+            owner=None, name=name, data=path.read_bytes(), description=description
+        )
+        if created:
+            report.note(f"registered {name} in the catalogue as version {version.version}")

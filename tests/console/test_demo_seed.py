@@ -248,3 +248,24 @@ def test_each_class_serves_the_grades_it_can():
     assert not class_serves("standard", "random-convnet-large")
     assert class_serves("accelerator", "random-convnet-large")
     assert class_serves("nano", "my-own-model")
+
+
+def test_the_demo_models_go_into_the_catalogue_once(db, tmp_path, settings):
+    from console.demo.seed import SeedReport, register_demo_models
+    from fleet.models import ModelVersion
+    from inference.demo_models import write_demo_models
+
+    settings.OUTPOST_ARTIFACT_DIR = tmp_path / "artifacts"
+    write_demo_models(tmp_path / "models")
+
+    first, second = SeedReport(), SeedReport()
+    register_demo_models(tmp_path / "models", first)
+    register_demo_models(tmp_path / "models", second)
+
+    assert len(first.changes) == 3 and second.changes == []
+    assert sorted(ModelVersion.objects.values_list("model__name", flat=True)) == [
+        "random-convnet-large",
+        "random-mlp-medium",
+        "tiny-classifier",
+    ]
+    assert not ModelVersion.objects.filter(model__owner__isnull=False).exists()

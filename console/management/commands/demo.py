@@ -102,6 +102,10 @@ class Command(BaseCommand):
             for change in report.changes:
                 self.stdout.write(change)
             repositories = self._model_repositories(nodes)
+            models_report = demo_seed.SeedReport()
+            demo_seed.register_demo_models(self.var / "models", models_report)
+            for change in models_report.changes:
+                self.stdout.write(change)
         except KeyboardInterrupt:
             raise CommandError("interrupted before anything was started") from None
         # Children open their own connections; ours would only hold SQLite's file open.
