@@ -10,6 +10,9 @@ console never blocks serving. The wire formats are `inference/protocol.py`'s.
   jitter; any other 4xx means the token is bad and the agent exits with a clear message.
 - Heartbeats: every `heartbeat_interval_s` (from the enrollment, then from each reply). Failures
   back off the same way; a 401 means the credential was revoked and is logged loudly.
+- Desired models: a reply's `desired_models` goes to `ModelRepository.apply_desired`, which
+  fetches artifacts through `inference/artifacts.py` with this node's credential and loads
+  them in the background; each report lists every version with its health and any problem.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import psutil
 from pydantic import ValidationError
 
 from inference import __version__, protocol
+from inference.artifacts import ARTIFACTS_DIR, ArtifactStore
 
 if TYPE_CHECKING:  # the CLI checks the identity before it imports onnxruntime and the rest
     from inference.metrics import AgentMetrics
@@ -142,16 +146,28 @@ def build_report(
     from inference.repository import READY
 
     cpu, memory, temperature = readings
-    models = [
-        protocol.LoadedModel(
-            name=entry.name,
-            version=entry.runner.spec.version if entry.runner else "1",
-            sha256=entry.sha256,
-            ready=entry.state == READY,
+    models = []
+    managed_names = {name for name, _ in repository.managed}
+    # A local model that the console's versions of the same name shadow is not reported.
+    local = [e for e in repository.entries.values() if e.name not in managed_names]
+    for entry in [*local, *repository.managed.values()]:
+        if entry.sha256 is None:
+            continue
+        health = metrics.versions.get((entry.name, entry.version))
+        ready = entry.state == READY
+        models.append(
+            protocol.LoadedModel(
+                name=entry.name,
+                version=entry.version,
+                sha256=entry.sha256,
+                ready=ready,
+                requests_total=health.requests if health else 0,
+                errors_total=health.errors if health else 0,
+                latency_p95_ms=health.p95_ms() if health else None,
+                problem=(entry.reason[:500] or None) if not ready else None,
+            )
         )
-        for entry in repository.entries.values()
-        if entry.sha256 is not None
-    ][:1000]
+    models = models[:1000]
     return protocol.HeartbeatReport(
         node_uid=identity.node_uid,
         agent_version=__version__,
@@ -219,6 +235,9 @@ class ConsoleLink:
                     identity.node_uid,
                 )
             self.identity = identity
+            self.repository.fetch = ArtifactStore(
+                self.state_dir / ARTIFACTS_DIR, self.console_url, identity.credential, self.client
+            ).fetch
             await self.heartbeat_forever(identity)
         except (IdentityError, EnrollmentRefused) as exc:
             self.on_fatal(str(exc))
@@ -281,7 +300,10 @@ class ConsoleLink:
                 uptime_s=time.monotonic() - self.started,
                 readings=readings,
             )
-            ok, new_interval = await self._send_heartbeat(url, headers, report)
+            ok, reply = await self._send_heartbeat(url, headers, report)
+            new_interval = reply.heartbeat_interval_s if reply is not None else None
+            if reply is not None:
+                self.repository.apply_desired(reply.desired_models)
             if ok:
                 if failures:
                     log.info("console reachable again after %d failed heartbeat(s)", failures)
@@ -298,7 +320,7 @@ class ConsoleLink:
 
     async def _send_heartbeat(
         self, url: str, headers: dict[str, str], report: protocol.HeartbeatReport
-    ) -> tuple[bool, int | None]:
+    ) -> tuple[bool, protocol.HeartbeatReply | None]:
         try:
             response = await self.client.post(
                 url, content=report.model_dump_json(), headers=headers
@@ -325,7 +347,7 @@ class ConsoleLink:
         except ValidationError as exc:
             log.warning("heartbeat reply not understood (%s); keeping the interval", exc)
             return True, None
-        return True, reply.heartbeat_interval_s
+        return True, reply
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inference.codec import RequestError
-from inference.metrics import ModelStats
+from inference.metrics import ModelStats, VersionHealth
 from inference.models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,17 @@ RunResult = tuple[list[np.ndarray], float]
 class ModelRunner:
     """Queues and runs the requests of one loaded model. Use from the event loop only."""
 
-    def __init__(self, model: LoadedModel, executor: Executor, stats: ModelStats) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        executor: Executor,
+        stats: ModelStats,
+        health: VersionHealth | None = None,
+    ) -> None:
         self.model = model
         self.spec = model.spec
+        # This version's request counters (the server records into it, the heartbeat reads it).
+        self.health = health if health is not None else VersionHealth()
         self._executor = executor
         self._stats = stats
         self._run = model.session.run

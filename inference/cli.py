@@ -14,8 +14,10 @@ import logging
 import os
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from inference import __version__
 from inference.config import (
@@ -29,9 +31,13 @@ from inference.config import (
     parse_delay_ms,
 )
 
+if TYPE_CHECKING:  # `register` imports the SDK (httpx, pydantic) only when it runs
+    from inference.protocol import ModelVersionInfo
+
 log = logging.getLogger("inference")
 
 ADMIN_TOKEN_ENV = "OUTPOST_NODE_ADMIN_TOKEN"  # noqa: S105 - the name of the variable, not a secret
+API_KEY_ENV = "OUTPOST_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu, cuda, or a full ONNX Runtime provider name; repeatable, in order of preference",
     )
     tuning.add_argument(
+        "--memory-budget-bytes",
+        type=int,
+        default=None,
+        help="most memory console-managed model versions may take, estimated as 2x their "
+        "file size (default: half of this machine's memory)",
+    )
+    tuning.add_argument(
         "--max-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
@@ -119,6 +132,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-models", help="write the demo ONNX models into a directory")
     demo.add_argument("directory", type=Path)
+
+    register = commands.add_parser(
+        "register",
+        help="register an ONNX model with the console and wait for its grade",
+        description="Upload an ONNX file as a new version of one of your models, then wait "
+        "while the console grades it. Exit status: 0 graded (or --no-wait), 1 grading failed, "
+        "2 bad arguments, a console error, or a grading timeout.",
+    )
+    register.add_argument("file", type=Path, help="the .onnx file")
+    register.add_argument(
+        "--name", required=True, help="model name: lowercase letters, digits and dashes"
+    )
+    register.add_argument("--console", required=True, metavar="URL", help="console base URL")
+    register.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"tenant API key (or env {API_KEY_ENV}, which keeps it out of the process list)",
+    )
+    register.add_argument(
+        "--signal",
+        action="append",
+        default=[],
+        metavar="NAME:TYPE",
+        help="a field the model's callers send in `parameters`; TYPE is one of "
+        "string, int, float, bool; repeatable",
+    )
+    register.add_argument("--description", default="", help="shown in the console")
+    register.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="return once uploaded; grading carries on in the console",
+    )
+    register.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="longest wait for the grade, in seconds (default 300)",
+    )
+    register.add_argument(
+        "--json", action="store_true", help="print the version as JSON instead of a summary"
+    )
     return parser
 
 
@@ -126,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo-models":
         return demo_models(args.directory)
+    if args.command == "register":
+        return register(args)
     return serve(args)
 
 
@@ -195,6 +253,8 @@ def serve(args: argparse.Namespace) -> int:
         return _fail("--intra-op-threads must be >= 0")
     if args.max_body_bytes < 1024:
         return _fail("--max-body-bytes must be at least 1024")
+    if args.memory_budget_bytes is not None and args.memory_budget_bytes < 0:
+        return _fail("--memory-budget-bytes must be >= 0")
     state_dir: Path = args.state_dir
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -240,8 +300,15 @@ def serve(args: argparse.Namespace) -> int:
     metrics.mode = "enrolled" if args.console else "standalone"
     # onnxruntime releases the GIL while running, so runs of different models overlap here.
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="outpost-run")
-    repository = ModelRepository(models_dir, session, batching, executor, metrics)
-    metrics.models_loaded = lambda: len(repository.runners)
+    repository = ModelRepository(
+        models_dir,
+        session,
+        batching,
+        executor,
+        metrics,
+        memory_budget_bytes=args.memory_budget_bytes,
+    )
+    metrics.models_loaded = repository.loaded_count
     metrics.queue_depth = repository.queue_depth
 
     exit_code = 0
@@ -314,3 +381,172 @@ def serve(args: argparse.Namespace) -> int:
     )
     server.run(sockets=[sock])
     return exit_code
+
+
+# --- register: the SDK (inference/sdk.py) behind a command line -------------------------------
+
+
+def parse_signals(values: list[str]) -> dict[str, str]:
+    """`--signal tier:string --signal visits:int` → {"tier": "string", "visits": "int"}."""
+    signals: dict[str, str] = {}
+    for value in values:
+        field, colon, kind = value.rpartition(":")
+        if not colon or not field.strip() or not kind:
+            raise ValueError(f"--signal {value!r} is not NAME:TYPE, e.g. tier:string")
+        if field in signals:
+            raise ValueError(f"--signal {field!r} is given twice")
+        signals[field] = kind
+    return signals
+
+
+def _size(count: float) -> str:
+    if count < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KiB", "MiB"):
+        count /= 1024
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1024:.1f} GiB"
+
+
+class RegisterProgress:
+    """Draws the upload and grading progress on stderr.
+
+    On a terminal: one line redrawn in place (a bar with percentage and bytes for the upload,
+    elapsed seconds and a spinner for the grading), at most every 50 ms. Elsewhere (a log, CI):
+    one plain line when each phase starts and ends, so logs stay readable.
+    """
+
+    WIDTH = 30
+    SPINNER = "|/-\\"
+
+    def __init__(self, stream: TextIO, *, tty: bool) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.phase = ""
+        self.drawn_at = 0.0
+        self.ticks = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        started = phase != self.phase
+        if started:
+            self.finish()
+            self.phase = phase
+        if not self.tty:
+            if started and phase == "upload":
+                self._line(f"uploading {_size(total)}")
+            elif started and phase == "grading":
+                self._line(f"grading (waiting up to {total} s)")
+            elif phase == "upload" and done == total:
+                self._line(f"uploaded {_size(total)}")
+            return
+        now = time.monotonic()
+        final = phase == "upload" and done == total
+        if not (started or final) and now - self.drawn_at < 0.05:
+            return
+        self.drawn_at = now
+        if phase == "upload":
+            share = done / total if total else 1.0
+            filled = round(share * self.WIDTH)
+            text = (
+                f"upload  [{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:4.0%}  "
+                f"{_size(done)} / {_size(total)}"
+            )
+        else:
+            self.ticks += 1
+            text = f"grading {self.SPINNER[self.ticks % 4]} {done} s (waiting up to {total} s)"
+        self.stream.write(f"\r\x1b[2K{text}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the line being redrawn, so what follows starts on its own line."""
+        if self.tty and self.phase:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.phase = ""
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+def format_version(info: ModelVersionInfo) -> str:
+    """A readable summary of a registered version (inference.protocol.ModelVersionInfo)."""
+    owner = f" (tenant {info.owner})" if info.owner else " (catalogue)"
+    rows = [
+        ("model", f"{info.model}{owner}"),
+        (
+            "version",
+            f"{info.version}, "
+            + ("new" if info.created else "already registered: these exact bytes"),
+        ),
+        ("sha256", f"{info.sha256[:16]}…  ({_size(info.size_bytes)}, opset {info.opset})"),
+        ("status", info.status),
+    ]
+    if info.signals:
+        rows.append(("signals", ", ".join(f"{k}:{v}" for k, v in info.signals.items())))
+    if info.grade is not None:
+        rows.append(("grade", info.grade))
+    if info.node_class is not None:
+        rows.append(("node class", f"{info.node_class} (the smallest class that serves it)"))
+    if info.failure:
+        rows.append(("failure", info.failure))
+    lines = [f"{label:<11} {value}" for label, value in rows]
+    for index, latency in enumerate(info.latency):
+        verdict = (
+            "does not fit in memory"
+            if not latency.fits_memory
+            else "meets the p95 target"
+            if latency.meets_target
+            else "misses the p95 target"
+        )
+        lines.append(
+            f"{'latency' if index == 0 else '':<11} {latency.node_class:<12} "
+            f"p50 {latency.p50_ms:8.2f} ms  p95 {latency.p95_ms:8.2f} ms  {verdict}"
+        )
+    for index, reason in enumerate(info.reasons):
+        lines.append(f"{'why' if index == 0 else '':<11} - {reason}")
+    if info.status == "grading":
+        lines.append(
+            f"{'':<11} grading carries on in the console; "
+            f"see {info.model} version {info.version} there"
+        )
+    return "\n".join(lines)
+
+
+def register(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get(API_KEY_ENV, "")
+    if not api_key.strip():
+        return _fail(f"an API key is needed: --api-key KEY or env {API_KEY_ENV}")
+    if not args.timeout > 0:
+        return _fail("--timeout must be a positive number of seconds")
+    try:
+        signals = parse_signals(args.signal)
+    except ValueError as exc:
+        return _fail(str(exc))
+
+    # httpx and pydantic only now: `serve` and `demo-models` do not pay for them.
+    from inference.sdk import Outpost, OutpostError
+
+    progress = RegisterProgress(sys.stderr, tty=sys.stderr.isatty())
+    try:
+        with Outpost(args.console, api_key) as outpost:
+            info = outpost.register_model(
+                args.file,
+                name=args.name,
+                signals=signals,
+                description=args.description,
+                wait=args.wait,
+                timeout=args.timeout,
+                on_progress=progress,
+            )
+    except OutpostError as exc:
+        progress.finish()
+        if exc.info is not None and not args.json:
+            print(format_version(exc.info))
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        progress.finish()
+        return _fail("interrupted; an uploaded version keeps grading in the console")
+    progress.finish()
+    print(info.model_dump_json(indent=2) if args.json else format_version(info))
+    return 1 if info.status == "failed" else 0

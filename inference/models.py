@@ -83,6 +83,7 @@ def load_model(
     batching: BatchSettings,
     *,
     sha256: str | None = None,
+    version: str = MODEL_VERSION,
 ) -> LoadedModel:
     """Build and warm up a model; raises ModelLoadError with a readable reason."""
     digest = sha256 or file_sha256(path)
@@ -102,7 +103,7 @@ def load_model(
     candidate = bool(inputs) and all(has_dynamic_batch_dim(t) for t in inputs + outputs)
     spec = ModelSpec(
         name=name,
-        version=MODEL_VERSION,
+        version=version,
         inputs=inputs,
         outputs=outputs,
         batchable=candidate,

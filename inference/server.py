@@ -38,6 +38,7 @@ from inference.batching import RunFailed
 from inference.codec import RequestError, decode_infer_request, encode_infer_response
 from inference.metrics import AgentMetrics
 from inference.repository import LOADING, LoadFailed, ModelRepository, UnknownModel
+from inference.routing import version_sort_key
 from inference.specs import model_config, model_metadata
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,11 @@ class AgentApp:
         if not method_ok(method, "GET"):
             await method_not_allowed(send, method, scope["path"], "GET")
             return
-        runner = self.repository.runners.get(name)
-        if runner is None or (version is not None and version != runner.spec.version):
+        route = self.repository.routes.get(name)
+        runner = None
+        if route is not None:
+            runner = route.primary if version is None else route.versions.get(version)
+        if route is None or runner is None:
             status, message = self._unavailable(name, version)
             await respond(send, status, error_body(message))
         elif verb == "ready":
@@ -175,32 +179,49 @@ class AgentApp:
             await respond(
                 send, 200, model_config(runner.spec, runner.model.batching.max_queue_delay_ms)
             )
+        elif version is None and len(route.versions) > 1:
+            # OIP metadata lists every version served under the name.
+            document = orjson.loads(model_metadata(runner.spec))
+            document["versions"] = sorted(route.versions, key=version_sort_key)
+            await respond(send, 200, orjson.dumps(document))
         else:
             await respond(send, 200, model_metadata(runner.spec))
 
     def _unavailable(self, name: str, version: str | None) -> tuple[int, str]:
-        entry = self.repository.entries.get(name)
-        if entry is None:
+        entries = self.repository.versions_of(name)
+        if not entries:
             return 404, f"unknown model '{name}'"
-        if (
-            entry.runner is not None
-            and version is not None
-            and version != entry.runner.spec.version
-        ):
-            return 404, (
-                f"model '{name}' has no version '{version}' (this node serves version "
-                f"{entry.runner.spec.version})"
-            )
-        if entry.state == LOADING:
+        if version is not None:
+            matching = [e for e in entries if e.version == version]
+            if not matching:
+                known = sorted({e.version for e in entries}, key=version_sort_key)
+                plural = "s" if len(known) > 1 else ""
+                return 404, (
+                    f"model '{name}' has no version '{version}' (this node serves "
+                    f"version{plural} {', '.join(known)})"
+                )
+            entries = matching
+        if any(e.state == LOADING for e in entries):
             return 503, f"model '{name}' is loading"
-        return 503, f"model '{name}' is unavailable: {entry.reason}"
+        reason = "; ".join(e.reason for e in entries if e.reason) or "not loaded"
+        return 503, f"model '{name}' is unavailable: {reason}"
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
         started = time.perf_counter()
-        runner = self.repository.runners.get(name)
-        if runner is None or (version is not None and version != runner.spec.version):
+        route = self.repository.routes.get(name)
+        runner = None
+        session_key: str | None = None
+        if route is not None:
+            if version is not None:
+                runner = route.versions.get(version)
+            elif route.single is not None:
+                runner = route.single
+            else:
+                session_key = _session_id(scope["headers"])
+                runner = route.pick(session_key) if session_key is not None else route.primary
+        if runner is None:
             status, message = self._unavailable(name, version)
             self.metrics.record_request(None, status, time.perf_counter() - started)
             # The body was not read; closing the connection spares us reading it.
@@ -213,6 +234,14 @@ class AgentApp:
             declared, json_length = length_headers(scope["headers"])
             body = await read_body(receive, self.max_body_bytes, declared)
             request = decode_infer_request(body, json_length, runner.spec)
+            if route.single is None and version is None and session_key is None:
+                # No session: split by the request id (or at random), then decode again only
+                # if the chosen version's inputs differ from the primary's.
+                chosen = route.pick(request.id)
+                if chosen is not runner:
+                    if chosen.spec.inputs != runner.spec.inputs:
+                        request = decode_infer_request(body, json_length, chosen.spec)
+                    runner = chosen
             outputs, run_seconds = await runner.infer(request.arrays, request.rows, request.key)
             payload, header_length = encode_infer_response(runner.spec, request, outputs)
             status = 200
@@ -230,8 +259,10 @@ class AgentApp:
         except Exception:  # counted as a server error below, and the server stays up
             log.exception("inference on model %s failed unexpectedly", name)
             status, payload, content_type = 500, error_body("internal error in the agent"), JSON
-        elapsed = time.perf_counter() - started
+        now = time.perf_counter()
+        elapsed = now - started
         self.metrics.record_request(stats, status, elapsed)
+        runner.health.record(status, elapsed, now)
         await respond(
             send,
             status,
@@ -337,3 +368,10 @@ class AgentApp:
                         log.exception("agent shutdown step failed")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _session_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for key, value in headers:
+        if key == b"x-session-id":
+            return value.decode("latin-1")
+    return None

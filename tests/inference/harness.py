@@ -5,6 +5,7 @@ Used by tests/inference (unit level) and tests/integration/test_agent_*.py (real
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -96,6 +97,22 @@ def doubler_model(path: Path, width: int = 4) -> Path:
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
             [two],
+        ),
+        path,
+    )
+
+
+def scaler_model(path: Path, factor: float, width: int = 4) -> Path:
+    """`x` [batch, width] FP32 -> `y` = factor * x: same signature as `doubler_model`, other
+    bytes, so versions of one model can be told apart by their answers."""
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [1], [factor])
+    return save(
+        make_model(
+            [helper.make_node("Mul", ["x", "scale"], ["y"])],
+            path.stem,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+            [scale],
         ),
         path,
     )
@@ -278,10 +295,11 @@ def enrollment(heartbeat_interval_s: int = 1) -> dict:
 
 
 class FakeConsole:
-    """The console's two node endpoints, answering what the test says, recording every call.
+    """The console's node endpoints, answering what the test says, recording every call.
 
     `answers[path]` is a callable (call) -> (status, body dict); defaults enroll everyone and
-    accept every heartbeat.
+    accept every heartbeat. Heartbeat replies carry `desired_models` when it is not None (set
+    it, or use `offer`), and `GET /api/v1/nodes/artifacts/{sha256}` serves `artifacts[sha256]`.
     """
 
     def __init__(self, port: int = 0, heartbeat_interval_s: int = 1) -> None:
@@ -294,9 +312,34 @@ class FakeConsole:
             protocol.ENROLL_PATH: self.enroll_ok,
             protocol.HEARTBEAT_PATH: self.heartbeat_ok,
         }
+        # What heartbeat replies ask for (a list of DesiredVersion dicts), None: nothing.
+        self.desired_models: list[dict] | None = None
+        # sha256 -> the bytes served for it (a test may serve other bytes than the hash says).
+        self.artifacts: dict[str, bytes] = {}
         console = self
+        artifact_prefix = protocol.ARTIFACT_PATH.split("{")[0]
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                call = ConsoleCall(self.path, {k.lower(): v for k, v in self.headers.items()}, {})
+                console.calls.append(call)
+                sha256 = self.path.removeprefix(artifact_prefix)
+                data = (
+                    console.artifacts.get(sha256) if self.path.startswith(artifact_prefix) else None
+                )
+                if data is None:
+                    data, status = b'{"detail": "Not Found"}', 404
+                    kind = "application/json"
+                else:
+                    status, kind = 200, "application/octet-stream"
+                self.send_response(status)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(data)))
+                if status == 200:
+                    self.send_header("x-outpost-sha256", sha256)
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
@@ -338,9 +381,35 @@ class FakeConsole:
         return 201, enrollment(self.heartbeat_interval_s)
 
     def heartbeat_ok(self, call: ConsoleCall) -> tuple[int, dict]:
-        return 200, {
+        reply = {
             "status": "online",
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "server_time": "2026-01-01T00:00:00Z",
             "desired_bundle_revision": None,
         }
+        if self.desired_models is not None:
+            reply["desired_models"] = list(self.desired_models)
+        return 200, reply
+
+    def offer(
+        self, model: str, version: str, path: Path, share: float, *, served: bytes | None = None
+    ) -> dict:
+        """A DesiredVersion (as JSON) for the ONNX file at `path`, its bytes made downloadable.
+        `served` replaces the bytes sent for it (a tampered artifact); the hash stays the
+        file's."""
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        self.artifacts[sha256] = data if served is None else served
+        return {
+            "model": model,
+            "version": version,
+            "sha256": sha256,
+            "size_bytes": len(data),
+            "url": self.protocol.ARTIFACT_PATH.format(sha256=sha256),
+            "traffic_share": share,
+        }
+
+    def heartbeat_models(self) -> list[dict]:
+        """The `models` of the latest heartbeat (empty before the first)."""
+        beats = self.calls_to(self.protocol.HEARTBEAT_PATH)
+        return beats[-1].body["models"] if beats else []

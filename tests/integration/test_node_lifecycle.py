@@ -55,7 +55,13 @@ def test_an_agent_enrolls_heartbeats_serves_and_goes_offline(
         what="the agent to enroll and report online",
     )
     assert node.endpoint == f"http://127.0.0.1:{port}"
-    assert node.models_loaded == [{"name": "doubler", "version": "1", "sha256": sha, "ready": True}]
+    [loaded] = node.models_loaded
+    assert {k: loaded[k] for k in ("name", "version", "sha256", "ready")} == {
+        "name": "doubler",
+        "version": "1",
+        "sha256": sha,
+        "ready": True,
+    }
 
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     batch = np.arange(8, dtype=np.float32).reshape(2, 4)
