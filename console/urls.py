@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from console import views
 from console.api import api
+from fleet import deployment_urls
 from fleet.registry_urls import operator_urlpatterns, portal_urlpatterns
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("fleet/models/", include((operator_urlpatterns, "registry"))),
+    path("fleet/deployments/", include(deployment_urls)),
     path("fleet/", include("fleet.urls")),
     path("portal/<slug:tenant>/models/", include((portal_urlpatterns, "portal_models"))),
     path("portal/", include("billing.urls")),

@@ -6,8 +6,8 @@ import django_filters
 from django.db.models import Q, QuerySet
 
 from billing.models import Tenant
-from fleet.choices import Grade, NodeStatus, VersionStatus
-from fleet.models import ModelVersion, Node, NodeClass, Region
+from fleet.choices import DeploymentState, Grade, NodeStatus, VersionStatus
+from fleet.models import Deployment, Model, ModelVersion, Node, NodeClass, Region
 
 
 class NodeFilterSet(django_filters.FilterSet):
@@ -101,3 +101,36 @@ class ModelVersionFilterSet(django_filters.FilterSet):
         if value == CATALOGUE:
             return queryset.filter(model__owner__isnull=True)
         return queryset.filter(model__owner__slug=value)
+
+
+class DeploymentFilterSet(django_filters.FilterSet):
+    """Filters the deployments list by state and by model. The model is named in the address
+    as the list writes it (?model=acme/churn, or ?model=sentiment for a catalogue model)."""
+
+    state = django_filters.ChoiceFilter(choices=DeploymentState.choices, empty_label="Any state")
+    model = django_filters.ChoiceFilter(method="filter_model", empty_label="Any model")
+
+    class Meta:
+        model = Deployment
+        fields = ["state", "model"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only models that have been deployed: one query, whatever the number of deployments.
+        deployed = (
+            Model.objects.filter(versions__deployments__isnull=False)
+            .distinct()
+            .select_related("owner")
+            .order_by("owner__slug", "name")
+        )
+        self.form.fields["model"].choices = [(str(m), str(m)) for m in deployed]
+        for name in ("state", "model"):
+            self.form.fields[name].widget.attrs["class"] = "form-select"
+
+    def filter_model(self, queryset: QuerySet[Deployment], name: str, value: str):
+        owner, _, model_name = value.rpartition("/")
+        if owner:
+            queryset = queryset.filter(version__model__owner__slug=owner)
+        else:
+            queryset = queryset.filter(version__model__owner__isnull=True)
+        return queryset.filter(version__model__name=model_name)

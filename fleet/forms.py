@@ -11,8 +11,11 @@ from django.conf import settings
 
 from fleet import artifacts
 from fleet.actions import register_model_version
+from fleet.choices import Strategy, VersionStatus
 from fleet.grading import format_bytes
-from fleet.models import EnrollmentToken, ModelVersion, Node, NodeClass, Region
+from fleet.models import Deployment, EnrollmentToken, ModelVersion, Node, NodeClass, Region
+from fleet.rollout_actions import RolloutError, start_rollout
+from fleet.rollouts import Gates, parse_steps
 from inference.protocol import SIGNAL_TYPES
 
 # The longest an enrollment token may live: a month, as the API allows (fleet.schemas).
@@ -233,3 +236,122 @@ def registration_message(version: ModelVersion, created: bool) -> str:
     if created:
         return f"{version.model} is registered as version {version.version}; grading…"
     return f"These bytes were already version {version.version} of {version.model}."
+
+
+# --- deployments (fleet.deployment_views) ------------------------------------------------------
+
+
+class DeploymentForm(BootstrapForm):
+    """Start rolling a graded version out, from the deployments pages. The rules of a rollout
+    are fleet.rollout_actions.start_rollout's, as for the API; its refusal (a version too big
+    for a class, a deployment of the model still under way) is shown on the form."""
+
+    version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.filter(status=VersionStatus.GRADED).select_related(
+            "model__owner"
+        ),
+        empty_label="Choose a graded version",
+        help_text="Only graded versions can be deployed.",
+    )
+    regions = forms.ModelMultipleChoiceField(
+        queryset=Region.objects.all(),
+        to_field_name="code",
+        required=False,
+        widget=forms.CheckboxSelectMultiple(attrs={"class": "form-check-input"}),
+        help_text="None ticked: every region.",
+    )
+    node_classes = forms.ModelMultipleChoiceField(
+        queryset=NodeClass.objects.all(),
+        to_field_name="name",
+        required=False,
+        label="Node classes",
+        widget=forms.CheckboxSelectMultiple(attrs={"class": "form-check-input"}),
+        help_text="None ticked: every class.",
+    )
+    strategy = forms.ChoiceField(choices=Strategy.choices, initial=Strategy.CANARY)
+    steps = forms.CharField(
+        required=False,
+        initial="5, 25, 100",
+        help_text="Percentages of the traffic the new version takes, step by step, ending at "
+        "100. A canary only.",
+    )
+    soak_s = forms.IntegerField(
+        min_value=0,
+        max_value=7 * 24 * 3600,
+        initial=60,
+        label="Soak (seconds)",
+        help_text="How long each step runs before the health gates judge it.",
+    )
+    max_error_rate_increase = forms.FloatField(
+        min_value=0,
+        max_value=100,
+        initial=2,
+        label="Max error-rate increase (%)",
+        help_text="Points of error rate the new version may add over the previous one.",
+    )
+    max_p95_ratio = forms.FloatField(
+        min_value=1,
+        initial=1.5,
+        label="Max p95 ratio",
+        help_text="How many times slower than the previous version it may be at p95.",
+    )
+    min_requests = forms.IntegerField(
+        min_value=1,
+        initial=50,
+        label="Min requests",
+        help_text="A step is judged once the new version has served this many requests in it.",
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("strategy") != Strategy.CANARY:
+            data["steps"] = [100]
+            return data
+        try:
+            data["steps"] = parse_steps(data.get("steps", ""))
+        except ValueError as exc:
+            self.add_error("steps", as_sentence(str(exc)))
+        return data
+
+    def start(self, *, acting_user) -> Deployment | None:
+        """Start the rollout; None when start_rollout refuses, with its reason on the form."""
+        data = self.cleaned_data
+        try:
+            return start_rollout(
+                data["version"],
+                regions=data["regions"],
+                node_classes=data["node_classes"],
+                strategy=data["strategy"],
+                steps=data["steps"],
+                soak_s=data["soak_s"],
+                gates=Gates(
+                    max_error_rate_increase=data["max_error_rate_increase"] / 100,
+                    max_p95_ratio=data["max_p95_ratio"],
+                    min_requests=data["min_requests"],
+                ),
+                acting_user=acting_user,
+            )
+        except RolloutError as exc:
+            # Verbatim: the message starts with the version's name ("acme/churn v2 needs …").
+            self.add_error(None, str(exc))
+            return None
+
+
+class RollBackForm(BootstrapForm):
+    """Why a deployment is rolled back by hand: the reason goes into its history."""
+
+    reason = forms.CharField(
+        max_length=300,  # DeploymentEvent.reason
+        required=False,
+        label="Reason",
+        help_text="Kept in the deployment's history.",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["reason"].widget.attrs["placeholder"] = "e.g. customer complaint"
+
+    def reason_given(self) -> str:
+        """The reason typed, or that it was rolled back by hand."""
+        reason = self.cleaned_data["reason"].strip() if self.is_valid() else ""
+        return reason or "rolled back by hand"

@@ -4,17 +4,33 @@ region and class, so a page of any length costs the same queries (tests/fleet/te
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import F, QuerySet
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django_tables2 import A, Column, Table
 
-from fleet.choices import STATUS_BADGE, VERSION_BADGE, Grade, NodeStatus, VersionStatus
+from fleet.choices import (
+    DEPLOYMENT_BADGE,
+    STATUS_BADGE,
+    VERSION_BADGE,
+    DeploymentState,
+    Grade,
+    NodeStatus,
+    VersionStatus,
+)
 from fleet.grading import format_bytes
-from fleet.models import EnrollmentToken, ModelVersion, Node, NodeStatusChange
+from fleet.models import (
+    Deployment,
+    DeploymentEvent,
+    EnrollmentToken,
+    ModelVersion,
+    Node,
+    NodeStatusChange,
+)
 
 TEMPLATE = "django_tables2/bootstrap5-responsive.html"
 
@@ -328,3 +344,173 @@ class OtherVersionsTable(ModelVersionTable):
 
     def render_version(self, record: ModelVersion) -> SafeString:
         return format_html('<a href="{}">v{}</a>', self.version_url(record), record.version)
+
+
+# --- deployments (fleet.deployment_views) ----------------------------------------------------
+
+
+def deployment_badge(state: str) -> SafeString:
+    """A deployment's state as a badge, coloured by fleet.choices.DEPLOYMENT_BADGE."""
+    return format_html(
+        '<span class="badge text-bg-{}">{}</span>',
+        DEPLOYMENT_BADGE.get(state, "secondary"),
+        DeploymentState(state).label if state in DeploymentState.values else state,
+    )
+
+
+def selector_summary(deployment: Deployment) -> str:
+    """Which nodes a deployment takes in, as "eu-west · nano" or "all nodes". Reads the
+    regions and classes through .all(), so a prefetch serves a whole list."""
+    regions = ", ".join(sorted(r.code for r in deployment.regions.all()))
+    classes = ", ".join(sorted(c.name for c in deployment.node_classes.all()))
+    return " · ".join(part for part in (regions, classes) if part) or "all nodes"
+
+
+def steps_progress(deployment: Deployment) -> SafeString:
+    """The steps as one stacked bar: a segment per step, as wide as the traffic it adds,
+    filled up to the current step in the state's colour."""
+    colour = DEPLOYMENT_BADGE.get(deployment.state, "secondary")
+    done = len(deployment.steps) if deployment.state == DeploymentState.COMPLETED else None
+    reached = deployment.step_index + 1 if done is None else done
+    segments = format_html_join(
+        "",
+        '<div class="progress" role="progressbar" style="width: {}%" aria-label="step {}: {} %" '
+        'aria-valuenow="{}" aria-valuemin="0" aria-valuemax="100">'
+        '<div class="progress-bar {}"></div></div>',
+        (
+            (
+                percent - before,
+                index + 1,
+                percent,
+                percent,
+                f"bg-{colour}" if index < reached else "bg-body-secondary",
+            )
+            for index, (before, percent) in enumerate(pairwise([0, *deployment.steps]))
+        ),
+    )
+    return format_html(
+        '<div class="progress-stacked" style="height: .5rem" title="{}">{}</div>',
+        " → ".join(f"{p} %" for p in deployment.steps),
+        segments,
+    )
+
+
+def new_version_percent(deployment: Deployment) -> int:
+    """The share of the traffic the new version takes now, in percent."""
+    return round(deployment.new_share * 100)
+
+
+class DeploymentTable(Table):
+    """Every deployment, newest first. Cells read the row, its joined version, model, owner,
+    previous version and creator, and its prefetched regions and classes."""
+
+    model = Column(
+        accessor="version__model__name",
+        order_by=("version__model__name", "version__model__owner__slug"),
+        verbose_name="Model",
+        attrs={"td": {"class": "fw-semibold text-nowrap"}},
+    )
+    version = Column(
+        accessor="version__version",
+        order_by=("version__version",),
+        verbose_name="Version",
+        attrs={"td": {"class": "text-nowrap"}},
+    )
+    selector = Column(empty_values=(), orderable=False, verbose_name="Nodes")
+    strategy = Column()
+    state = Column()
+    progress = Column(
+        empty_values=(),
+        orderable=False,
+        verbose_name="New version's traffic",
+        attrs={"td": {"style": "min-width: 10rem"}},
+    )
+    created_at = Column(verbose_name="Started", attrs={"td": {"class": "text-nowrap"}})
+    created_by = Column(accessor="created_by__username", verbose_name="By")
+
+    class Meta:
+        model = Deployment
+        template_name = TEMPLATE
+        fields = ()
+        attrs = {"class": "table table-sm table-hover table-fleet align-middle mb-0"}
+        empty_text = "No deployments match these filters."
+        order_by = ("-created_at",)
+
+    def render_model(self, record: Deployment) -> SafeString:
+        model = record.version.model
+        url = reverse("deployments:detail", args=[record.pk])
+        if model.owner_id is None:
+            return format_html('<a hx-boost="false" href="{}">{}</a>', url, model.name)
+        return format_html(
+            '<a hx-boost="false" href="{}"><span class="text-body-secondary fw-normal">{}/</span>'
+            "{}</a>",
+            url,
+            model.owner.slug,
+            model.name,
+        )
+
+    def render_version(self, record: Deployment) -> SafeString:
+        if record.previous_id is None:
+            return format_html(
+                'v{} <span class="text-body-secondary small">first</span>', record.version.version
+            )
+        return format_html(
+            'v{} <span class="text-body-secondary">← v{}</span>',
+            record.version.version,
+            record.previous.version,
+        )
+
+    def render_selector(self, record: Deployment) -> str:
+        return selector_summary(record)
+
+    def render_state(self, record: Deployment) -> SafeString:
+        return deployment_badge(record.state)
+
+    def render_progress(self, record: Deployment) -> SafeString:
+        return format_html(
+            '<div class="d-flex align-items-center gap-2"><span class="num text-nowrap">{} %'
+            '</span><div class="flex-grow-1">{}</div></div>',
+            new_version_percent(record),
+            steps_progress(record),
+        )
+
+    def render_created_at(self, value) -> SafeString:
+        return format_html(
+            '<span title="{} UTC">{}</span>', value.strftime("%Y-%m-%d %H:%M"), naturaltime(value)
+        )
+
+
+class DeploymentEventTable(Table):
+    """A deployment's history, newest first; rows without an actor were the rollout's own."""
+
+    at = Column(verbose_name="When (UTC)")
+    transition = Column(empty_values=(), verbose_name="From → to")
+    percent = NumberColumn(verbose_name="Traffic")
+    reason = Column()
+    actor = Column(empty_values=(), verbose_name="Who")
+
+    class Meta:
+        template_name = TEMPLATE
+        attrs = {"class": "table table-sm align-middle mb-0"}
+        orderable = False
+        empty_text = "No history yet."
+
+    def render_at(self, value) -> SafeString:
+        return format_html(
+            '<span title="{}">{}</span>', naturaltime(value), value.strftime("%Y-%m-%d %H:%M:%S")
+        )
+
+    def render_transition(self, record: DeploymentEvent) -> SafeString:
+        if not record.from_state:
+            return format_html("started · {}", deployment_badge(record.to_state))
+        return format_html(
+            "{} → {}", deployment_badge(record.from_state), deployment_badge(record.to_state)
+        )
+
+    def render_percent(self, value: int) -> str:
+        return f"{value} %"
+
+    def render_actor(self, record: DeploymentEvent) -> SafeString:
+        if record.actor_id is None:
+            return format_html('<span class="text-body-secondary">{}</span>', "automatic")
+        return format_html("{}", record.actor.get_username())
