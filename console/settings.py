@@ -229,5 +229,8 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # The filesystem transport has no host; kombu warns about it on every connection.
         "kombu.connection": {"level": "ERROR"},
+        # One line per request of the SDK and the node client; their failures are logged
+        # by the callers.
+        "httpx": {"level": "WARNING"},
     },
 }

@@ -1,4 +1,4 @@
-"""`python -m inference serve|demo-models`: the agent's command line.
+"""`python -m inference serve|demo-models|register`: the agent's command line.
 
 `serve` binds the socket itself (so a taken port fails before anything loads, and `--port 0`
 picks a free one), prints one start line, and runs the raw ASGI app of `inference/server.py`

@@ -26,14 +26,14 @@ IR_VERSION = 8
 PRODUCER = "outpost-demo-models"
 
 
-def tiny_classifier() -> onnx.ModelProto:
+def tiny_classifier(samples: int = 2000) -> onnx.ModelProto:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
 
     features, labels = make_classification(
-        n_samples=2000,
+        n_samples=samples,
         n_features=8,
         n_informative=6,
         n_redundant=1,
@@ -51,7 +51,9 @@ def tiny_classifier() -> onnx.ModelProto:
     model.ir_version = IR_VERSION
     model.producer_name = PRODUCER
     model.producer_version = "1"
-    model.doc_string = "LogisticRegression on make_classification(random_state=7), 3 classes"
+    model.doc_string = (
+        f"LogisticRegression on make_classification(n_samples={samples}, random_state=7), 3 classes"
+    )
     return model
 
 

@@ -54,6 +54,9 @@ class ChildSpec:
     # Children stop by stage, the highest first, all of one stage together: what depends on
     # another child gets a higher stage (agents flush to the console before it goes).
     stage: int = 0
+    # A child that does its job and exits (the demo story): its exit is reported, and the
+    # others go on whatever the exit code.
+    one_shot: bool = False
 
 
 class Child:
@@ -106,6 +109,7 @@ class Supervisor:
         self._write_lock = threading.Lock()
         self._stop_reason: str | None = None
         self._failed: Child | None = None
+        self._finished: set[Child] = set()
         self._kill_now = False
         self._stopped = False
         self._previous_handlers: dict[int, object] = {}
@@ -183,6 +187,11 @@ class Supervisor:
         if self._failed is None and self._stop_reason is None:
             for child in self.children:
                 code = child.proc.poll()
+                if code is not None and child.spec.one_shot:
+                    if child not in self._finished:
+                        self._finished.add(child)
+                        self.log(f"{child.name} finished ({describe_exit(code)})")
+                    continue
                 if code is not None:
                     self._failed = child
                     self.log(

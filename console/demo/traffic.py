@@ -45,6 +45,11 @@ MAX_RATE = 50.0
 BODIES_PER_MODEL = 4
 REPORT_EVERY_S = 30.0
 MAX_BACKOFF_S = 30.0
+# Nodes gain and lose models as deployments roll out: each node's models are looked up again
+# this often.
+REDISCOVER_S = 15.0
+# Requests carry one of this many session ids, so a canary's split sticks per session.
+SESSIONS = 500
 
 _FLOAT_TYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _INT_TYPES = {
@@ -154,6 +159,8 @@ class NodeDriver:
     up: bool = True
     # Set when a model disappeared (404): the node's models are looked up again.
     stale: bool = False
+    # The models last announced, so a rediscovery that changes nothing says nothing.
+    calling: str = ""
 
     @property
     def label(self) -> str:
@@ -195,7 +202,12 @@ class NodeDriver:
             return []
         if response.status_code != 200:
             return []
-        return [row["name"] for row in response.json() if row.get("state", "READY") == "READY"]
+        # A model served in two versions (a canary) is listed twice: call it once.
+        return list(
+            dict.fromkeys(
+                row["name"] for row in response.json() if row.get("state", "READY") == "READY"
+            )
+        )
 
     async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         backoff = 1.0
@@ -216,13 +228,16 @@ class NodeDriver:
             names = ", ".join(m.name for m in self.models)
             if not self.up:
                 log(f"{self.label}: reachable again, calling {names}")
-            else:
+            elif names != self.calling:
                 log(f"{self.label}: calling {names} at about {self.rate:.1f}/s")
+            self.calling = names
             self.up, self.stale, backoff = True, False, 1.0
             weights = np.array([m.weight for m in self.models])
             weights /= weights.sum()
             started = time.monotonic()
             while self.up and not self.stale and not stop.is_set():
+                if time.monotonic() - started > REDISCOVER_S and not self.model_names:
+                    break  # look again: a deployment may have added or removed a model
                 rate = rate_at(
                     self.rate, time.monotonic() - started, period=self.period, phase=self.phase
                 )
@@ -244,7 +259,12 @@ class NodeDriver:
         self.in_flight += 1
         try:
             response = await client.post(
-                model.url, content=body, headers={"Content-Type": "application/json"}
+                model.url,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Session-Id": f"demo-{self.rng.integers(SESSIONS)}",
+                },
             )
         except httpx.HTTPError as exc:
             self.stats["failed"] += 1

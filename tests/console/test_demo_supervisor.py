@@ -125,6 +125,18 @@ def test_a_child_that_dies_is_named_with_its_exit_code_and_the_rest_stop(out):
     assert gone(sleeper.pid)
 
 
+def test_a_one_shot_child_finishing_leaves_the_others_running(out):
+    story = [sys.executable, "-c", "import sys; sys.exit(2)"]
+    with Supervisor(out=out, stop_timeout=5) as supervisor:
+        sleeper = supervisor.start(ChildSpec("sleeper", SLEEPER))
+        supervisor.start(ChildSpec("story", story, one_shot=True))
+        assert supervisor.sleep(1.0)  # the supervisor's own loop, which looks at children
+        assert "story finished (exit code 2)" in out.getvalue()
+        assert supervisor.check_children() is None
+        assert not gone(sleeper.pid)
+    assert gone(sleeper.pid)
+
+
 SUPERVISED = """
 import sys
 sys.path.insert(0, "console/demo")

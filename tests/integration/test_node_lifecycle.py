@@ -96,4 +96,5 @@ def test_an_agent_enrolls_heartbeats_serves_and_goes_offline(
 
     wait_until(seen_offline, timeout=20, interval=0.5, what="the node to be seen offline")
     history = list(node.status_changes.order_by("at").values_list("new_status", flat=True))
-    assert history[0] == "online" and history[-1] == "offline"
+    # The first heartbeat may come while the model is still loading: degraded, then online.
+    assert "online" in history and history[-1] == "offline"

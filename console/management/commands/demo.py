@@ -246,6 +246,10 @@ class Command(BaseCommand):
                 str(options["rate"]),
             ]
             supervisor.start(ChildSpec("traffic", argv, cwd=self.root, stage=2))
+            story = [PYTHON, "manage.py", "demo_story", "--console", self.console_url]
+            supervisor.start(
+                ChildSpec("story", story, env=self._env(), cwd=self.root, stage=3, one_shot=True)
+            )
         supervisor.print_block(self._banner(nodes, traffic=not options["no_traffic"]))
         return supervisor.wait()
 
