@@ -6,7 +6,7 @@ from billing.models import Tenant
 
 class TenantFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="search", label="Search")
-    currency = django_filters.ChoiceFilter(choices=[], empty_label="any currency")
+    currency = django_filters.ChoiceFilter(choices=[], empty_label="Any currency", label="Currency")
 
     class Meta:
         model = Tenant
@@ -16,6 +16,10 @@ class TenantFilter(django_filters.FilterSet):
         super().__init__(*args, **kwargs)
         currencies = Tenant.objects.order_by("currency").values_list("currency", flat=True)
         self.filters["currency"].extra["choices"] = [(c, c) for c in currencies.distinct()]
+        self.form.fields["q"].widget.attrs.update(
+            {"class": "form-control", "placeholder": "name or slug", "type": "search"}
+        )
+        self.form.fields["currency"].widget.attrs["class"] = "form-select"
 
     def search(self, queryset, name, value):
         return queryset.filter(Q(name__icontains=value) | Q(slug__icontains=value))

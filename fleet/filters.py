@@ -26,7 +26,10 @@ class NodeFilterSet(django_filters.FilterSet):
         label="Node class",
     )
     status = django_filters.ChoiceFilter(
-        field_name="current_status", choices=NodeStatus.choices, empty_label="Any status"
+        field_name="current_status",
+        choices=NodeStatus.choices,
+        empty_label="Any status",
+        label="Status",
     )
 
     class Meta:
@@ -61,9 +64,15 @@ class ModelVersionFilterSet(django_filters.FilterSet):
 
     q = django_filters.CharFilter(method="search", label="Search")
     # The owner's slug in the address (?owner=acme), or ?owner=catalogue.
-    owner = django_filters.ChoiceFilter(method="filter_owner", empty_label="Any owner")
-    grade = django_filters.ChoiceFilter(choices=Grade.choices, empty_label="Any grade")
-    status = django_filters.ChoiceFilter(choices=VersionStatus.choices, empty_label="Any status")
+    owner = django_filters.ChoiceFilter(
+        method="filter_owner", empty_label="Any owner", label="Owner"
+    )
+    grade = django_filters.ChoiceFilter(
+        choices=Grade.choices, empty_label="Any grade", label="Grade"
+    )
+    status = django_filters.ChoiceFilter(
+        choices=VersionStatus.choices, empty_label="Any status", label="Status"
+    )
 
     class Meta:
         model = ModelVersion
@@ -107,8 +116,12 @@ class DeploymentFilterSet(django_filters.FilterSet):
     """Filters the deployments list by state and by model. The model is named in the address
     as the list writes it (?model=acme/churn, or ?model=sentiment for a catalogue model)."""
 
-    state = django_filters.ChoiceFilter(choices=DeploymentState.choices, empty_label="Any state")
-    model = django_filters.ChoiceFilter(method="filter_model", empty_label="Any model")
+    state = django_filters.ChoiceFilter(
+        choices=DeploymentState.choices, empty_label="Any state", label="State"
+    )
+    model = django_filters.ChoiceFilter(
+        method="filter_model", empty_label="Any model", label="Model"
+    )
 
     class Meta:
         model = Deployment
