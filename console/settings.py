@@ -173,6 +173,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.advance_rollouts_task",
         "schedule": 5.0,
     },
+    "calibrate-speed-factors": {
+        "task": "fleet.tasks.calibrate_speed_factors_task",
+        "schedule": 60.0,
+    },
     "prune-node-samples": {
         "task": "fleet.tasks.prune_node_samples_task",
         "schedule": 3600.0,

@@ -13,6 +13,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from fleet import artifacts
+from fleet.choices import VersionStatus
 from fleet.models import EnrollmentToken, Model, ModelVersion, Node, NodeClass
 from fleet.tasks import grade_version_task
 from inference.protocol import EnrollRequest, hash_secret
@@ -153,3 +154,33 @@ def grading_thresholds():
     from fleet import grading
 
     return grading.Thresholds.from_setting(settings.OUTPOST_GRADING or grading.DEFAULT_THRESHOLDS)
+
+
+def calibrate_speed_factors() -> dict[str, float]:
+    """Move each node class's speed factor toward what its online nodes report: the console
+    host's batch-1 p50 of a graded version over the node's own batch-1 run time of the same
+    bytes (`run_ms_batch1` in heartbeats). Returns the factors that changed, by class."""
+    from fleet import grading
+
+    host = {
+        sha: measurement["batch1_p50_s"]
+        for sha, measurement in ModelVersion.objects.filter(
+            status=VersionStatus.GRADED
+        ).values_list("sha256", "measurement")
+        if measurement.get("batch1_p50_s")
+    }
+    changed: dict[str, float] = {}
+    with transaction.atomic():
+        for node_class in NodeClass.objects.select_for_update():
+            factor = node_class.speed_factor
+            reports = Node.objects.online().filter(node_class=node_class)
+            for loaded in reports.values_list("models_loaded", flat=True):
+                for row in loaded or []:
+                    host_s, node_ms = host.get(row.get("sha256")), row.get("run_ms_batch1")
+                    if host_s and node_ms:
+                        factor = grading.calibrate_speed_factor(factor, host_s, node_ms / 1000)
+            if factor != node_class.speed_factor:
+                node_class.speed_factor = factor
+                node_class.save(update_fields=["speed_factor"])
+                changed[node_class.name] = factor
+    return changed

@@ -60,3 +60,10 @@ def advance_rollouts_task() -> int:
         if judge(deployment) != Decision.WAIT:
             changed += 1
     return changed
+
+
+@shared_task
+def calibrate_speed_factors_task() -> dict[str, float]:
+    from fleet.actions import calibrate_speed_factors
+
+    return calibrate_speed_factors()

@@ -164,6 +164,7 @@ def build_report(
                 requests_total=health.requests if health else 0,
                 errors_total=health.errors if health else 0,
                 latency_p95_ms=health.p95_ms() if health else None,
+                run_ms_batch1=_run_ms(entry.runner),
                 problem=(entry.reason[:500] or None) if not ready else None,
             )
         )
@@ -360,3 +361,8 @@ def _error_text(response: httpx.Response) -> str:
             if key in body:
                 return str(body[key])[:200]
     return str(body)[:200]
+
+
+def _run_ms(runner) -> float | None:
+    seconds = runner.batch1_run_s if runner is not None else None
+    return None if seconds is None else round(seconds * 1000, 4)

@@ -172,6 +172,11 @@ class ModelRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
+    @property
+    def batch1_run_s(self) -> float | None:
+        """The current estimate of one single-row run (warm-up seeded, then measured)."""
+        return self._ewma.get(bucket(1))
+
     async def infer(self, arrays: tuple[np.ndarray, ...], rows: int, key: object) -> RunResult:
         """Run one request (possibly batched with others); raises RunFailed."""
         loop = self._loop

@@ -76,6 +76,9 @@ class LoadedModel(WireModel):
     requests_total: int = Field(0, ge=0)
     errors_total: int = Field(0, ge=0)
     latency_p95_ms: float | None = Field(None, ge=0, description="Over the last minute")
+    # The agent's running estimate of one batch-1 session.run of this version: the console
+    # calibrates its node classes' speed factors from it (fleet.actions).
+    run_ms_batch1: float | None = Field(None, ge=0)
     # Why a desired version is not served (download failed, sha256 mismatch, does not fit).
     problem: str | None = Field(None, max_length=500)
 

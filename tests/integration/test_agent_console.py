@@ -85,6 +85,7 @@ def test_it_enrolls_saves_its_identity_and_heartbeats(models, tmp_path, console)
             report.models[0].sha256
             == hashlib.sha256((models / "doubler.onnx").read_bytes()).hexdigest()
         )
+        assert 0 < report.models[0].run_ms_batch1 < 100  # measured: it calibrates the classes
         assert 0 <= report.memory_pressure <= 1
         assert report.bundle_revision is None
         assert 'outpost_agent_info{mode="enrolled"' in agent.metrics()
