@@ -89,6 +89,15 @@ def start_rollout(
             previous = last.version if last.state == DeploymentState.COMPLETED else last.previous
         if previous == version:
             raise RolloutError(f"{version} is already what these nodes serve")
+        if previous is not None:
+            problems = rollouts.signature_problems(
+                {"inputs": version.inputs, "outputs": version.outputs},
+                {"inputs": previous.inputs, "outputs": previous.outputs},
+            )
+            if problems:
+                raise RolloutError(
+                    f"{version} cannot share traffic with {previous}: " + "; ".join(problems)
+                )
         deployment = Deployment.objects.create(
             version=version,
             previous=previous,

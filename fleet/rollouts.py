@@ -145,3 +145,38 @@ def totals(reports: Iterable[Mapping]) -> dict[str, dict[str, int]]:
         entry["requests"] += int(row.get("requests_total") or 0)
         entry["errors"] += int(row.get("errors_total") or 0)
     return result
+
+
+def _dims_agree(a: list[int], b: list[int]) -> bool:
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def signature_problems(new: Mapping, old: Mapping) -> list[str]:
+    """Why clients of the old version would break on the new one, which takes a share of the
+    same model name's traffic: every input the new one needs must be one the old one took
+    (same datatype, compatible shape), and every output of the old one must still be there.
+    `new` and `old` hold `inputs` and `outputs` lists of {name, datatype, shape}."""
+    problems = []
+    old_inputs = {t["name"]: t for t in old["inputs"]}
+    for tensor in new["inputs"]:
+        before = old_inputs.get(tensor["name"])
+        if before is None:
+            problems.append(f"input '{tensor['name']}' is new: clients do not send it")
+        elif before["datatype"] != tensor["datatype"]:
+            problems.append(
+                f"input '{tensor['name']}' is {tensor['datatype']}, was {before['datatype']}"
+            )
+        elif not _dims_agree(tensor["shape"], before["shape"]):
+            problems.append(
+                f"input '{tensor['name']}' has shape {tensor['shape']}, was {before['shape']}"
+            )
+    new_outputs = {t["name"]: t for t in new["outputs"]}
+    for tensor in old["outputs"]:
+        after = new_outputs.get(tensor["name"])
+        if after is None:
+            problems.append(f"output '{tensor['name']}' is gone: clients may ask for it")
+        elif after["datatype"] != tensor["datatype"]:
+            problems.append(
+                f"output '{tensor['name']}' is {after['datatype']}, was {tensor['datatype']}"
+            )
+    return problems

@@ -197,3 +197,20 @@ def test_the_heartbeat_answer_carries_the_desired_versions(client, churn, nodes)
     assert [(d["model"], d["version"], d["traffic_share"]) for d in reply["desired_models"]] == [
         ("acme.churn", "1", 1.0)
     ]
+
+
+def test_a_version_whose_signature_would_break_clients_is_refused(churn, nodes):
+    v1 = make_version(churn, 1)
+    ModelVersion.objects.filter(pk=v1.pk).update(
+        inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1, 4]}]
+    )
+    start_rollout(ModelVersion.objects.get(pk=v1.pk), strategy="all_at_once")
+    report(nodes["fra-1"], (1, 100, 0))
+    judge_all_now(v1)
+    v2 = make_version(churn, 2)
+    ModelVersion.objects.filter(pk=v2.pk).update(
+        inputs=[{"name": "x", "datatype": "FLOAT", "shape": [-1, 8]}]
+    )
+
+    with pytest.raises(RolloutError, match=r"cannot share traffic with .*input 'x' has shape"):
+        start_rollout(ModelVersion.objects.get(pk=v2.pk))

@@ -12,6 +12,7 @@ from fleet.rollouts import (
     check_gates,
     decide,
     parse_steps,
+    signature_problems,
     step_health,
     totals,
 )
@@ -107,3 +108,32 @@ def test_a_restarted_agent_never_makes_counts_negative():
     assert step_health(reports, {"new": {"requests": 500, "errors": 9}}, "new") == VersionHealth(
         0, 0, None
     )
+
+
+def tensor(name, datatype="FLOAT", shape=(-1, 4)):
+    return {"name": name, "datatype": datatype, "shape": list(shape)}
+
+
+def test_a_compatible_signature_has_no_problems():
+    old = {"inputs": [tensor("x")], "outputs": [tensor("y"), tensor("p")]}
+    new = {
+        "inputs": [tensor("x", shape=(8, 4))],
+        "outputs": [tensor("p"), tensor("y"), tensor("z")],
+    }
+    assert signature_problems(new, old) == []
+
+
+def test_a_signature_that_would_break_clients_says_how():
+    old = {"inputs": [tensor("x")], "outputs": [tensor("y"), tensor("p")]}
+    new = {
+        "inputs": [tensor("x", "DOUBLE"), tensor("mask")],
+        "outputs": [tensor("y", "INT64")],
+    }
+    assert signature_problems(new, old) == [
+        "input 'x' is DOUBLE, was FLOAT",
+        "input 'mask' is new: clients do not send it",
+        "output 'y' is INT64, was FLOAT",
+        "output 'p' is gone: clients may ask for it",
+    ]
+    wider = {"inputs": [tensor("x", shape=(-1, 8))], "outputs": old["outputs"]}
+    assert signature_problems(wider, old) == ["input 'x' has shape [-1, 8], was [-1, 4]"]
