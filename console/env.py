@@ -75,3 +75,16 @@ def env_json(name: str) -> object | None:
         return json.loads(value)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from None
+
+
+def env_float(name: str, default: float, *, lo: float, hi: float) -> float:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ImproperlyConfigured(f"{name} must be between {lo} and {hi}, got {number}")
+    return number

@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from console.env import env_bool, env_int, env_json, env_list, env_str, env_url
+from console.env import env_bool, env_float, env_int, env_json, env_list, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state of the embedded default: the SQLite file, the Celery folders, the dev signing key.
@@ -215,6 +215,11 @@ OUTPOST_SAMPLE_RETENTION_H = env_int("OUTPOST_SAMPLE_RETENTION_H", 72, minimum=1
 OUTPOST_ARTIFACT_DIR = Path(env_str("OUTPOST_ARTIFACT_DIR", str(VAR_DIR / "artifacts")))
 OUTPOST_MAX_MODEL_BYTES = env_int("OUTPOST_MAX_MODEL_BYTES", 512 * 2**20, minimum=1024)
 OUTPOST_MAX_OPSET = env_int("OUTPOST_MAX_OPSET", 21, minimum=7)
+# The share of a node's memory (from its class) that console-managed model versions may take;
+# the rest is for the agent, the OS and requests in flight.
+OUTPOST_NODE_MODEL_MEMORY_SHARE = env_float(
+    "OUTPOST_NODE_MODEL_MEMORY_SHARE", 0.75, lo=0.05, hi=1.0
+)
 # Grading thresholds (per grade: FLOPs and memory bounds, p95 target) as JSON; unset means
 # fleet.grading.DEFAULT_THRESHOLDS. Checked at start by a system check (fleet/checks.py).
 OUTPOST_GRADING = env_json("OUTPOST_GRADING")

@@ -119,6 +119,9 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             server_time=timezone.now(),
             desired_bundle_revision=None,
             desired_models=desired_versions(node),
+            memory_budget_bytes=int(
+                node.node_class.memory_bytes * settings.OUTPOST_NODE_MODEL_MEMORY_SHARE
+            ),
         ),
     )
 

@@ -304,6 +304,8 @@ class ConsoleLink:
             ok, reply = await self._send_heartbeat(url, headers, report)
             new_interval = reply.heartbeat_interval_s if reply is not None else None
             if reply is not None:
+                if reply.memory_budget_bytes is not None:
+                    self.repository.offer_memory_budget(reply.memory_budget_bytes)
                 self.repository.apply_desired(reply.desired_models)
             if ok:
                 if failures:

@@ -126,6 +126,9 @@ class HeartbeatReply(WireModel):
     # None: the console manages no models on this node. A list: exactly these console-managed
     # versions should be served (models found in the agent's --models folder stay as they are).
     desired_models: list[DesiredVersion] | None = None
+    # The most memory the console-managed versions may take on this node, from its class;
+    # a node started with --memory-budget-bytes keeps its own.
+    memory_budget_bytes: int | None = Field(None, ge=0)
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -267,6 +267,9 @@ class ModelRepository:
         self.memory_budget_bytes = (
             default_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
         )
+        # A budget given on the command line is the operator's word on this machine; the
+        # console's (from the node class) applies only when none was given.
+        self.memory_budget_pinned = memory_budget_bytes is not None
         # Local models (--models), by name.
         self.entries: dict[str, Entry] = {}
         # Console-managed versions, by (name, version).
@@ -560,6 +563,12 @@ class ModelRepository:
         entry.state, entry.reason, entry.memory_bytes, entry.task = UNAVAILABLE, reason, 0, None
         entry.retry_at = time.monotonic() + delay
         log.warning("model %s version %s: next attempt in %.0f s", key[0], key[1], delay)
+
+    def offer_memory_budget(self, budget_bytes: int) -> None:
+        """The console's budget for this node (from its class), unless one was pinned."""
+        if not self.memory_budget_pinned and budget_bytes != self.memory_budget_bytes:
+            log.info("memory budget for console-managed versions: %d bytes", budget_bytes)
+            self.memory_budget_bytes = budget_bytes
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: every model file, and its state here."""

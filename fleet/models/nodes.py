@@ -200,7 +200,11 @@ class Node(models.Model):
 
     @classmethod
     def authenticate(cls, credential: str) -> Node | None:
-        return cls.objects.filter(credential_hash=hash_secret(credential)).first()
+        return (
+            cls.objects.select_related("node_class")
+            .filter(credential_hash=hash_secret(credential))
+            .first()
+        )
 
     def record_heartbeat(self, report: HeartbeatReport, *, now: datetime | None = None) -> None:
         """Store a report, keep a sample of it, and record a status flip if there is one.

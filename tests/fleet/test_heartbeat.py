@@ -56,6 +56,11 @@ def test_a_first_heartbeat_brings_a_node_online_with_a_history_row(client, edge)
     assert NodeSample.objects.filter(node=edge).count() == 1
 
 
+def test_the_answer_gives_the_node_its_classs_memory_budget(client, edge, settings):
+    budget = beat(client, edge).json()["memory_budget_bytes"]
+    assert budget == int(edge.node_class.memory_bytes * settings.OUTPOST_NODE_MODEL_MEMORY_SHARE)
+
+
 def test_repeated_heartbeats_write_samples_but_no_new_history(client, edge):
     for _ in range(3):
         beat(client, edge)

@@ -342,3 +342,22 @@ def test_the_old_version_serves_until_its_replacement_is_ready(tmp_path):
         repository.close()
 
     asyncio.run(scenario())
+
+
+def test_the_consoles_memory_budget_applies_unless_one_was_given(tmp_path):
+    def repository(budget=None):
+        return ModelRepository(
+            tmp_path,
+            SessionSettings(),
+            BatchSettings(),
+            ThreadPoolExecutor(1),
+            AgentMetrics(),
+            memory_budget_bytes=budget,
+        )
+
+    from_console, pinned = repository(), repository(budget=2**30)
+    from_console.offer_memory_budget(6 * 2**30)
+    pinned.offer_memory_budget(6 * 2**30)
+
+    assert from_console.memory_budget_bytes == 6 * 2**30
+    assert pinned.memory_budget_bytes == 2**30
