@@ -36,6 +36,7 @@ from fleet.models import (
 from fleet.rollout_actions import (
     RolloutError,
     desired_versions,
+    memory_budget_bytes,
     pause,
     promote,
     resume,
@@ -119,9 +120,7 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             server_time=timezone.now(),
             desired_bundle_revision=None,
             desired_models=desired_versions(node),
-            memory_budget_bytes=int(
-                node.node_class.memory_bytes * settings.OUTPOST_NODE_MODEL_MEMORY_SHARE
-            ),
+            memory_budget_bytes=memory_budget_bytes(node),
         ),
     )
 

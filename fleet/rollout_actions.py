@@ -4,16 +4,28 @@ The decisions themselves are pure (fleet.rollouts)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
+import httpx
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.signing import console_private_key
 from fleet import rollouts
 from fleet.choices import DeploymentState, Strategy, VersionStatus
 from fleet.models import Deployment, DeploymentEvent, ModelVersion, Node, NodeClass, Region
-from inference.protocol import ARTIFACT_PATH, DesiredVersion
+from fleet.tasks import push_desired_task
+from inference import protocol
+from inference.protocol import ARTIFACT_PATH, DesiredPush, DesiredVersion
+
+log = logging.getLogger(__name__)
+
+# A push is a shortcut, not the delivery: a node that does not answer at once gets the same
+# state from its next heartbeat answer.
+PUSH_TIMEOUT_S = 2.0
 
 
 class RolloutError(Exception):
@@ -114,6 +126,7 @@ def start_rollout(
         deployment.step_baseline = rollouts.totals(_reports(deployment))
         deployment.save(update_fields=["step_baseline"])
         _event(deployment, "", f"started at {deployment.current_percent} %", acting_user)
+        push_to(deployment)
     return deployment
 
 
@@ -164,6 +177,7 @@ def promote(deployment: Deployment, *, acting_user=None) -> None:
         d.finished_at = timezone.now()
         d.save(update_fields=["state", "step_index", "finished_at"])
         _event(d, old, "promoted by hand", acting_user)
+        push_to(d)
 
 
 def roll_back(deployment: Deployment, *, reason: str, acting_user=None) -> None:
@@ -180,6 +194,7 @@ def roll_back(deployment: Deployment, *, reason: str, acting_user=None) -> None:
         d.finished_at = timezone.now()
         d.save(update_fields=["state", "finished_at"])
         _event(d, old, reason, acting_user)
+        push_to(d)
 
 
 def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
@@ -214,16 +229,19 @@ def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
             d.step_baseline = rollouts.totals(reports)
             d.save(update_fields=["gate_note", "step_index", "step_started_at", "step_baseline"])
             _event(d, DeploymentState.ROLLING, f"{reason}; now {d.current_percent} %")
+            push_to(d)
         elif decision == rollouts.Decision.COMPLETE:
             d.state = DeploymentState.COMPLETED
             d.finished_at = now
             d.save(update_fields=["gate_note", "state", "finished_at"])
             _event(d, DeploymentState.ROLLING, reason)
+            push_to(d)
         else:
             d.state = DeploymentState.ROLLED_BACK
             d.finished_at = now
             d.save(update_fields=["gate_note", "state", "finished_at"])
             _event(d, DeploymentState.ROLLING, reason)
+            push_to(d)
     return decision
 
 
@@ -258,3 +276,41 @@ def desired_versions(node: Node) -> list[DesiredVersion]:
                 )
             )
     return wanted
+
+
+def memory_budget_bytes(node: Node) -> int:
+    return int(node.node_class.memory_bytes * settings.OUTPOST_NODE_MODEL_MEMORY_SHARE)
+
+
+def push_to(deployment: Deployment) -> None:
+    """After the commit, push the new desired state to the deployment's nodes (Celery), so
+    they need not wait for their next heartbeat."""
+    node_ids = list(deployment.nodes().values_list("pk", flat=True))
+    if node_ids:
+        transaction.on_commit(lambda: push_desired_task.delay(node_ids))
+
+
+def push_desired(node: Node) -> bool:
+    """POST the node's desired state to it, signed with the console's key; True if taken."""
+    push = DesiredPush(
+        node_uid=node.uid,
+        issued_at=timezone.now(),
+        desired_models=desired_versions(node),
+        memory_budget_bytes=memory_budget_bytes(node),
+    )
+    body = protocol.canonical_json(push.model_dump(mode="json"))
+    signature = protocol.sign(console_private_key(), body)
+    try:
+        response = httpx.post(
+            node.endpoint.rstrip("/") + protocol.DESIRED_PUSH_PATH,
+            content=body,
+            headers={"Content-Type": "application/json", protocol.SIGNATURE_HEADER: signature},
+            timeout=PUSH_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        log.info("push to %s failed (%s); it will learn from its next heartbeat", node, exc)
+        return False
+    if response.status_code != 200:
+        log.warning("%s refused a push: %s %s", node, response.status_code, response.text[:200])
+        return False
+    return True

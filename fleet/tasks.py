@@ -67,3 +67,15 @@ def calibrate_speed_factors_task() -> dict[str, float]:
     from fleet.actions import calibrate_speed_factors
 
     return calibrate_speed_factors()
+
+
+@shared_task
+def push_desired_task(node_ids: list[int]) -> int:
+    """Push each node's desired state to it, signed; returns how many nodes took it. A node
+    that cannot be reached now picks the same state up from its next heartbeat answer."""
+    from fleet.rollout_actions import push_desired
+
+    return sum(
+        push_desired(node)
+        for node in Node.objects.filter(pk__in=node_ids).select_related("node_class")
+    )

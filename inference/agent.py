@@ -212,6 +212,35 @@ class ConsoleLink:
         self.identity: protocol.EnrollResponse | None = None
         self.started = time.monotonic()
 
+    def accept_push(self, body: bytes, signature: str | None) -> tuple[int, str]:
+        """A desired state the console pushed (protocol.DesiredPush): applied only when signed
+        by the pinned console key, meant for this node, and fresh. Returns (status, message)."""
+        identity = self.identity
+        if identity is None:
+            return 503, "this node has not enrolled yet"
+        if not signature:
+            return 401, f"a push needs the {protocol.SIGNATURE_HEADER} header"
+        key = protocol.public_key_from_b64(identity.console_public_key)
+        if not protocol.verify(key, body, signature):
+            log.warning("refused a desired-state push whose signature does not verify")
+            return 401, "the signature does not verify against the console's key"
+        try:
+            push = protocol.DesiredPush.model_validate_json(body)
+        except ValidationError as exc:
+            return 400, f"not a desired-state push: {exc.errors()[0]['msg']}"
+        if push.node_uid != identity.node_uid:
+            return 403, f"this push is for node {push.node_uid}, not {identity.node_uid}"
+        age = (datetime.now(UTC) - push.issued_at).total_seconds()
+        if not -protocol.PUSH_MAX_AGE_S < age < protocol.PUSH_MAX_AGE_S:
+            return (
+                400,
+                f"this push was issued {age:.0f} s ago; pushes older than a minute are refused",
+            )
+        if push.memory_budget_bytes is not None:
+            self.repository.offer_memory_budget(push.memory_budget_bytes)
+        self.repository.apply_desired(push.desired_models)
+        return 200, "applied"
+
     async def run(self) -> None:
         try:
             identity = load_identity(self.state_dir)

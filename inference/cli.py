@@ -357,6 +357,7 @@ def serve(args: argparse.Namespace) -> int:
         admin_token=admin_token,
         on_startup=[startup],
         on_shutdown=[shutdown],
+        push_handler=link.accept_push if link is not None else None,
     )
     config = uvicorn.Config(
         app,

@@ -116,6 +116,21 @@ class DesiredVersion(WireModel):
     )
 
 
+# The console pushes a new desired state to nodes it can reach, so a rollout does not wait for
+# the next heartbeat. The body is signed with the console's key (the node pinned its public
+# half at enrollment), and a push older than PUSH_MAX_AGE_S is refused (no replays).
+DESIRED_PUSH_PATH = "/outpost/desired"
+SIGNATURE_HEADER = "x-outpost-signature"
+PUSH_MAX_AGE_S = 60
+
+
+class DesiredPush(WireModel):
+    node_uid: str
+    issued_at: AwareDatetime
+    desired_models: list[DesiredVersion]
+    memory_budget_bytes: int | None = Field(None, ge=0)
+
+
 class HeartbeatReply(WireModel):
     """What the console wants of the node."""
 

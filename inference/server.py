@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
-from inference import __version__
+from inference import __version__, protocol
 from inference.asgi import (
     CLOSE,
     JSON,
@@ -44,6 +44,7 @@ from inference.specs import model_config, model_metadata
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
+PushHandler = Callable[[bytes, str | None], tuple[int, str]]
 
 SERVER_NAME = "outpost-agent"
 EXTENSIONS = ["model_repository", "model_configuration", "binary_tensor_data"]
@@ -63,8 +64,12 @@ class AgentApp:
         admin_token: str | None,
         on_startup: list[Hook] | None = None,
         on_shutdown: list[Hook] | None = None,
+        push_handler: PushHandler | None = None,
     ) -> None:
         self.repository = repository
+        # Verifies and applies a desired state the console pushed (ConsoleLink.accept_push);
+        # None when the agent runs standalone.
+        self.push_handler = push_handler
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._admin_token = admin_token.encode() if admin_token else None
@@ -81,6 +86,7 @@ class AgentApp:
             "/v2/": ("GET", self._server_meta),
             "/metrics": ("GET", self._metrics),
             "/v2/repository/index": ("POST", self._repository_index),
+            protocol.DESIRED_PUSH_PATH: ("POST", self._desired_push),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -274,6 +280,25 @@ class AgentApp:
                 (b"x-outpost-overhead-ms", b"%.3f" % ((elapsed - run_seconds) * 1000)),
             ],
         )
+
+    # --- the console's pushes ----------------------------------------------------------------
+
+    async def _desired_push(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.push_handler is None:
+            await respond(send, 404, error_body("this agent runs standalone: nothing to push"))
+            return
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
+        try:
+            body = await read_body(receive, self.max_body_bytes, declared)
+        except BodyTooLarge as exc:
+            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+            return
+        signature = next(
+            (v.decode() for k, v in scope["headers"] if k == protocol.SIGNATURE_HEADER.encode()),
+            None,
+        )
+        status, message = self.push_handler(body, signature)
+        await respond(send, status, b"{}" if status == 200 else error_body(message))
 
     # --- /v2/repository/... (Triton's model repository extension) ---------------------------
 

@@ -14,7 +14,7 @@ from fleet import artifacts
 from fleet.models import EnrollmentToken, ModelVersion, Node
 from fleet.rollout_actions import judge, promote, start_rollout
 from fleet.rollouts import Gates
-from fleet.tasks import grade_version_task
+from fleet.tasks import grade_version_task, push_desired_task
 from tests.inference.harness import make_model, save
 from tests.integration.conftest import free_port, python, wait_until
 
@@ -188,3 +188,25 @@ def test_a_tampered_artifact_is_refused_by_the_node_and_reported(client, acme, a
     evil = hashlib.sha256(path.read_bytes()).hexdigest()
     assert infer(agents["fra-nano-1"], "s").status_code in (404, 503)
     assert evil != version.sha256
+
+
+def test_a_pushed_rollout_does_not_wait_for_the_next_heartbeat(
+    client, acme, agents, tmp_path, settings
+):
+    key = ApiKey.issue(acme, "ci")[1]
+    version = register(client, key, scaler(tmp_path / "v1.onnx", 2.0))
+    settings.OUTPOST_HEARTBEAT_INTERVAL_S = 300  # the next heartbeat answer is far away now
+    for _ in range(2):  # let both agents hear of the long interval
+        wait_until(lambda: Node.objects.filter(status="online").count() == 2, timeout=10)
+        time.sleep(1.2)
+
+    deployment = start_rollout(version, strategy="all_at_once")
+    started = time.monotonic()
+    taken = push_desired_task(list(deployment.nodes().values_list("pk", flat=True)))
+
+    assert taken == 2
+    for port in agents.values():
+        wait_until(
+            lambda p=port: infer(p, "s").status_code == 200, timeout=20, what="the pushed version"
+        )
+    assert time.monotonic() - started < 20
