@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from fleet.choices import DeploymentState, VersionStatus
+from fleet.choices import DeploymentState, NodeStatus, VersionStatus
 from fleet.models import Deployment, ModelVersion, Node, NodeSample
 
 
@@ -75,7 +75,8 @@ def push_desired_task(node_ids: list[int]) -> int:
     that cannot be reached now picks the same state up from its next heartbeat answer."""
     from fleet.rollout_actions import push_desired
 
-    return sum(
-        push_desired(node)
-        for node in Node.objects.filter(pk__in=node_ids).select_related("node_class")
-    )
+    # Silent nodes would only cost a timeout each; they catch up from their next heartbeat.
+    reachable = Node.objects.filter(
+        pk__in=node_ids, status__in=[NodeStatus.ONLINE, NodeStatus.DEGRADED]
+    ).select_related("node_class")
+    return sum(push_desired(node) for node in reachable)
