@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from billing.api import tokens_router
 from fleet.api import deployments_router, fleet_router, models_router, node_router
 
 api = NinjaAPI(
@@ -49,3 +50,4 @@ api.add_router("/nodes", node_router)
 api.add_router("/fleet", fleet_router)
 api.add_router("/models", models_router)
 api.add_router("/deployments", deployments_router)
+api.add_router("/tokens", tokens_router)

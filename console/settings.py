@@ -177,6 +177,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.calibrate_speed_factors_task",
         "schedule": 60.0,
     },
+    "check-drift": {
+        "task": "fleet.tasks.check_drift_task",
+        "schedule": 20.0,
+    },
     "prune-node-samples": {
         "task": "fleet.tasks.prune_node_samples_task",
         "schedule": 3600.0,
@@ -209,6 +213,9 @@ if OUTPOST_NODE_OFFLINE_AFTER_S <= OUTPOST_NODE_ONLINE_AFTER_S:
         "OUTPOST_NODE_OFFLINE_AFTER_S must exceed OUTPOST_NODE_ONLINE_AFTER_S"
     )
 OUTPOST_ENROLLMENT_TOKEN_TTL_H = env_int("OUTPOST_ENROLLMENT_TOKEN_TTL_H", 24, minimum=1)
+# Default and longest lifetime of a tenant's ephemeral token (billing/api.py); the shortest is
+# 30 s (inference.protocol.TOKEN_MIN_TTL_S).
+OUTPOST_TOKEN_TTL_S = env_int("OUTPOST_TOKEN_TTL_S", 600, minimum=30)
 OUTPOST_SAMPLE_RETENTION_H = env_int("OUTPOST_SAMPLE_RETENTION_H", 72, minimum=1)
 # The model registry: where uploaded artifacts are kept (by sha256), how large one may be, and
 # the newest ONNX opset the fleet's onnxruntime runs (1.19+ runs opset 21).
@@ -223,6 +230,11 @@ OUTPOST_NODE_MODEL_MEMORY_SHARE = env_float(
 # Grading thresholds (per grade: FLOPs and memory bounds, p95 target) as JSON; unset means
 # fleet.grading.DEFAULT_THRESHOLDS. Checked at start by a system check (fleet/checks.py).
 OUTPOST_GRADING = env_json("OUTPOST_GRADING")
+# Drift of a version's outputs from its baseline (fleet.drift.DriftSettings: threshold,
+# sustained_minutes, min_rows, baseline_minutes) as JSON; unset means the defaults there.
+OUTPOST_DRIFT = env_json("OUTPOST_DRIFT")
+# Per-minute output summaries are kept this long.
+OUTPOST_DRIFT_RETENTION_H = env_int("OUTPOST_DRIFT_RETENTION_H", 24 * 7, minimum=1)
 # Uploads of up to this size stay in memory; larger ones spool to a temporary file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20
 # The URL nodes use to reach the console, shown in the enrollment command.

@@ -15,12 +15,13 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer, django_auth_is_staff
 
 from billing.auth import ApiKeyAuth, staff_session
-from billing.models import ApiKey
+from billing.models import ApiKey, Tenant
 from billing.signing import console_public_key_b64
 from fleet import artifacts
 from fleet.actions import EnrollmentError, enroll_node, register_model_version
 from fleet.artifacts import InvalidArtifact
 from fleet.choices import NodeStatus, Strategy
+from fleet.drift_actions import record_windows
 from fleet.forms import EnrollForm
 from fleet.models import (
     Deployment,
@@ -32,16 +33,19 @@ from fleet.models import (
     NodeClass,
     NodeStatusChange,
     Region,
+    TenantPin,
 )
 from fleet.rollout_actions import (
     RolloutError,
     desired_versions,
     memory_budget_bytes,
     pause,
+    pin,
     promote,
     resume,
     roll_back,
     start_rollout,
+    unpin,
 )
 from fleet.rollouts import Gates
 from fleet.schemas import (
@@ -53,6 +57,7 @@ from fleet.schemas import (
     NodeClassOut,
     NodeDetailOut,
     NodeOut,
+    PinIn,
     RegionOut,
 )
 from inference import protocol
@@ -112,6 +117,7 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             403, {"error": f"this credential belongs to node {node.uid}, not {body.node_uid}"}
         )
     node.record_heartbeat(body)
+    record_windows(node, body)
     return Status(
         200,
         protocol.HeartbeatReply(
@@ -333,7 +339,8 @@ deployments_router = Router(tags=["deployments"], auth=django_auth_is_staff)
 
 def _deployments():
     return Deployment.objects.select_related("version__model__owner", "previous").prefetch_related(
-        Prefetch("events", queryset=DeploymentEvent.objects.select_related("actor"))
+        Prefetch("events", queryset=DeploymentEvent.objects.select_related("actor")),
+        Prefetch("pins", queryset=TenantPin.objects.select_related("tenant")),
     )
 
 
@@ -367,6 +374,7 @@ def create_deployment(request: HttpRequest, body: DeploymentIn):
             steps=body.steps,
             soak_s=body.soak_s,
             gates=Gates(body.max_error_rate_increase, body.max_p95_ratio, body.min_requests),
+            rollback_on_drift=body.rollback_on_drift,
             acting_user=request.auth,
         )
     except (RolloutError, ValueError) as exc:
@@ -389,6 +397,38 @@ def act_on_deployment(request: HttpRequest, deployment_id: int, body: Deployment
         raise HttpError(400, f"action must be one of {', '.join(actions)}")
     try:
         actions[body.action]()
+    except RolloutError as exc:
+        raise HttpError(400, str(exc)) from None
+    return get_object_or_404(_deployments(), pk=deployment_id)
+
+
+@deployments_router.post(
+    "/{deployment_id}/pins",
+    response=DeploymentOut,
+    summary="Pin a tenant to the new or the previous version (a controlled rollout)",
+)
+def pin_tenant(request: HttpRequest, deployment_id: int, body: PinIn):
+    deployment = get_object_or_404(Deployment, pk=deployment_id)
+    tenant = Tenant.objects.filter(slug=body.tenant).first()
+    if tenant is None:
+        raise HttpError(400, f"no tenant '{body.tenant}'")
+    try:
+        pin(deployment, tenant, body.side, acting_user=request.auth)
+    except RolloutError as exc:
+        raise HttpError(400, str(exc)) from None
+    return get_object_or_404(_deployments(), pk=deployment_id)
+
+
+@deployments_router.delete(
+    "/{deployment_id}/pins/{tenant}",
+    response=DeploymentOut,
+    summary="Unpin a tenant: its requests follow the traffic split again",
+)
+def unpin_tenant(request: HttpRequest, deployment_id: int, tenant: str):
+    deployment = get_object_or_404(Deployment, pk=deployment_id)
+    found = get_object_or_404(Tenant, slug=tenant)
+    try:
+        unpin(deployment, found, acting_user=request.auth)
     except RolloutError as exc:
         raise HttpError(400, str(exc)) from None
     return get_object_or_404(_deployments(), pk=deployment_id)

@@ -17,6 +17,7 @@ import onnx
 from django.conf import settings
 from google.protobuf.message import DecodeError
 
+from inference.codec import RESERVED_PARAMETERS, RESERVED_PREFIXES
 from inference.protocol import SIGNAL_TYPES
 
 _SIGNAL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -95,6 +96,12 @@ def check_signals(signals: object) -> dict[str, str]:
             raise InvalidArtifact(
                 f"signal name {name!r} must start with a letter or _ and hold only letters, "
                 "digits and _ (at most 64)"
+            )
+        if name in RESERVED_PARAMETERS or str(name).startswith(RESERVED_PREFIXES):
+            raise InvalidArtifact(
+                f"signal name {name!r} is reserved for the inference protocol (names such as "
+                "binary_data_output, priority, timeout, and those starting with "
+                f"{', '.join(RESERVED_PREFIXES)}); choose another"
             )
         if kind not in SIGNAL_TYPES:
             raise InvalidArtifact(

@@ -383,3 +383,65 @@ def grading_figure(
             font={"size": 14, "color": "#6c757d"},
         )
     return fig
+
+
+def drift_figure(
+    points: Sequence[tuple[datetime, float | None, int]], threshold: float
+) -> go.Figure:
+    """A version's PSI per minute against its baseline, with the alert threshold; minutes with
+    too few rows to judge are gaps (fleet.drift_actions.series)."""
+    fig = go.Figure(layout=_layout(y_title="PSI", y_format="", height=240))
+    fig.add_trace(
+        go.Scatter(
+            x=[_utc_naive(minute) for minute, _, _ in points],
+            y=[None if value is None else round(value, 4) for _, value, _ in points],
+            customdata=[rows for _, _, rows in points],
+            mode="lines+markers",
+            name="PSI",
+            line={"color": COLOURS[3]},
+            connectgaps=False,
+            hovertemplate="PSI %{y:.3f} over %{customdata:,} rows<extra></extra>",
+        )
+    )
+    fig.add_shape(
+        type="line",
+        xref="paper",
+        x0=0,
+        x1=1,
+        y0=threshold,
+        y1=threshold,
+        line={"color": TARGET_COLOUR, "width": 1.5, "dash": "dash"},
+    )
+    fig.add_annotation(
+        text=f"alert above {threshold:g}",
+        xref="paper",
+        x=1,
+        xanchor="right",
+        y=threshold,
+        yanchor="bottom",
+        showarrow=False,
+        font={"color": TARGET_COLOUR},
+    )
+    highest = max([threshold] + [v for _, v, _ in points if v is not None])
+    fig.update_yaxes(range=[0, highest * 1.2])
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def distribution_figure(labels: Sequence[str], series: Mapping[str, Sequence[float]]) -> go.Figure:
+    """Shares of rows per bin (top class, or value range) for the baseline and recent
+    minutes, side by side."""
+    fig = go.Figure(layout=_layout(y_title="share of rows", y_format=".0%", height=240))
+    for (name, shares), colour in zip(series.items(), ("#adb5bd", COLOURS[3]), strict=False):
+        fig.add_trace(
+            go.Bar(
+                x=list(labels),
+                y=[round(s, 4) for s in shares],
+                name=name,
+                marker={"color": colour},
+                hovertemplate=f"{name}: %{{y:.1%}}<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="group", hovermode="x unified")
+    fig.update_xaxes(type="category")
+    return fig

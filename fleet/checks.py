@@ -12,3 +12,15 @@ def grading_thresholds_check(app_configs, **kwargs):
     except ValueError as exc:
         return [Error(f"OUTPOST_GRADING: {exc}", id="fleet.E001")]
     return []
+
+
+@register()
+def drift_settings_check(app_configs, **kwargs):
+    """Bad drift settings stop the console at start."""
+    from fleet.drift_actions import drift_settings
+
+    try:
+        drift_settings()
+    except (TypeError, ValueError) as exc:
+        return [Error(f"OUTPOST_DRIFT: {exc}", id="fleet.E002")]
+    return []

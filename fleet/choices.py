@@ -50,6 +50,13 @@ class DeploymentState(models.TextChoices):
     ROLLED_BACK = "rolled_back", "Rolled back"
 
 
+class PinSide(models.TextChoices):
+    """Which version of a deployment a pinned tenant's requests go to."""
+
+    NEW = "new", "The new version"
+    OLD = "old", "The previous version"
+
+
 class Strategy(models.TextChoices):
     ALL_AT_ONCE = "all_at_once", "All at once"
     CANARY = "canary", "Canary by steps"

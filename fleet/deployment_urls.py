@@ -13,4 +13,6 @@ urlpatterns = [
     path("<int:pk>/resume/", deployment_views.act, {"action": "resume"}, name="resume"),
     path("<int:pk>/promote/", deployment_views.act, {"action": "promote"}, name="promote"),
     path("<int:pk>/roll-back/", deployment_views.act, {"action": "roll_back"}, name="roll_back"),
+    path("<int:pk>/pins/", deployment_views.pin_tenant, name="pin"),
+    path("<int:pk>/pins/<slug:tenant>/unpin/", deployment_views.unpin_tenant, name="unpin"),
 ]

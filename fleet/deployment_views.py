@@ -21,16 +21,19 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
+from billing.models import Tenant
 from billing.roles import operator_required
-from fleet.choices import DeploymentState
+from fleet.choices import DeploymentState, PinSide
+from fleet.drift_actions import drift_settings
 from fleet.filters import DeploymentFilterSet
-from fleet.forms import DeploymentForm, RollBackForm, as_sentence
-from fleet.models import Deployment, Node
-from fleet.rollout_actions import RolloutError, pause, promote, resume, roll_back
+from fleet.forms import DeploymentForm, PinForm, RollBackForm, as_sentence
+from fleet.models import Deployment, DriftAlert, Node
+from fleet.rollout_actions import RolloutError, pause, pin, promote, resume, roll_back, unpin
 from fleet.tables import (
     DeploymentEventTable,
     DeploymentTable,
     deployment_badge,
+    drift_badge,
     format_duration,
     new_version_percent,
     selector_summary,
@@ -116,6 +119,12 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
         "history": DeploymentEventTable(deployment.events.select_related("actor")[:HISTORY_LENGTH]),
         "actions": ACTIONS_OFFERED.get(deployment.state, ()),
         "roll_back_form": RollBackForm(),
+        "drift_badge": drift_badge(version.drift_psi, drift_settings().threshold),
+        "drift_alert": DriftAlert.objects.open().filter(version=version).first(),
+        "pins": list(deployment.pins.select_related("tenant")),
+        "pin_form": PinForm(deployment=deployment)
+        if deployment.state != DeploymentState.ROLLED_BACK
+        else None,
     }
     return render_live(
         request, "fleet/deployments/detail.html", "fleet/deployments/_live.html", context
@@ -158,6 +167,40 @@ def act(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         messages.error(request, as_sentence(str(exc)))
     else:
         messages.success(request, done)
+    return redirect("deployments:detail", pk=pk)
+
+
+@require_POST
+@operator_required
+def pin_tenant(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = get_object_or_404(_deployments(), pk=pk)
+    form = PinForm(request.POST, deployment=deployment)
+    if not form.is_valid():
+        problems = "; ".join(e for errors in form.errors.values() for e in errors)
+        messages.error(request, as_sentence(problems))
+        return redirect("deployments:detail", pk=pk)
+    tenant = form.cleaned_data["tenant"]
+    try:
+        made = pin(deployment, tenant, form.cleaned_data["side"], acting_user=request.user)
+    except RolloutError as exc:
+        messages.error(request, as_sentence(str(exc)))
+    else:
+        target = deployment.version if made.side == PinSide.NEW else deployment.previous
+        messages.success(request, f"{tenant.slug}'s requests now go to v{target.version}.")
+    return redirect("deployments:detail", pk=pk)
+
+
+@require_POST
+@operator_required
+def unpin_tenant(request: HttpRequest, pk: int, tenant: str) -> HttpResponse:
+    deployment = get_object_or_404(Deployment, pk=pk)
+    found = get_object_or_404(Tenant, slug=tenant)
+    try:
+        unpin(deployment, found, acting_user=request.user)
+    except RolloutError as exc:
+        messages.error(request, as_sentence(str(exc)))
+    else:
+        messages.success(request, f"{found.slug}'s requests follow the traffic split again.")
     return redirect("deployments:detail", pk=pk)
 
 

@@ -9,9 +9,10 @@ from datetime import timedelta
 from django import forms
 from django.conf import settings
 
+from billing.models import Tenant
 from fleet import artifacts
 from fleet.actions import register_model_version
-from fleet.choices import Strategy, VersionStatus
+from fleet.choices import PinSide, Strategy, VersionStatus
 from fleet.grading import format_bytes
 from fleet.models import Deployment, EnrollmentToken, ModelVersion, Node, NodeClass, Region
 from fleet.rollout_actions import RolloutError, start_rollout
@@ -28,7 +29,12 @@ class BootstrapForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for field in self.fields.values():
-            css = "form-select" if isinstance(field.widget, forms.Select) else "form-control"
+            if isinstance(field.widget, forms.CheckboxInput):
+                css = "form-check-input"
+            elif isinstance(field.widget, forms.Select):
+                css = "form-select"
+            else:
+                css = "form-control"
             field.widget.attrs.setdefault("class", css)
 
     def full_clean(self) -> None:
@@ -301,6 +307,13 @@ class DeploymentForm(BootstrapForm):
         label="Min requests",
         help_text="A step is judged once the new version has served this many requests in it.",
     )
+    rollback_on_drift = forms.BooleanField(
+        required=False,
+        label="Roll back on drift",
+        help_text="When the new version's outputs drift from the previous version's "
+        "(sustained PSI above the threshold), roll back instead of only alerting. Needs a "
+        "soak of a few minutes per step: drift is judged over whole minutes.",
+    )
 
     def clean(self) -> dict:
         data = super().clean()
@@ -329,6 +342,7 @@ class DeploymentForm(BootstrapForm):
                     max_p95_ratio=data["max_p95_ratio"],
                     min_requests=data["min_requests"],
                 ),
+                rollback_on_drift=data["rollback_on_drift"],
                 acting_user=acting_user,
             )
         except RolloutError as exc:
@@ -355,3 +369,25 @@ class RollBackForm(BootstrapForm):
         """The reason typed, or that it was rolled back by hand."""
         reason = self.cleaned_data["reason"].strip() if self.is_valid() else ""
         return reason or "rolled back by hand"
+
+
+class PinForm(BootstrapForm):
+    """Pin a tenant to one version of a deployment: the tenants that may call the model (its
+    owner, or every tenant for a catalogue model), and the sides the deployment has."""
+
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), to_field_name="slug")
+    side = forms.ChoiceField(label="To", choices=PinSide.choices)
+
+    def __init__(self, *args, deployment: Deployment, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        owner = deployment.version.model.owner
+        tenants = Tenant.objects.order_by("slug")
+        self.fields["tenant"].queryset = tenants.filter(pk=owner.pk) if owner else tenants
+        self.fields["side"].choices = [
+            (PinSide.NEW, f"v{deployment.version.version} (new)"),
+            *(
+                [(PinSide.OLD, f"v{deployment.previous.version} (previous)")]
+                if deployment.previous_id
+                else []
+            ),
+        ]

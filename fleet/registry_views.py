@@ -24,8 +24,9 @@ from django_tables2 import RequestConfig
 from billing.choices import MemberRole
 from billing.models import Membership, Tenant
 from billing.roles import operator_required, tenant_member_required
-from fleet.charts import figure_json, grading_figure
+from fleet.charts import distribution_figure, drift_figure, figure_json, grading_figure
 from fleet.choices import VersionStatus
+from fleet.drift_actions import overview
 from fleet.filters import ModelVersionFilterSet
 from fleet.forms import ModelUploadForm, registration_message
 from fleet.grading import ClassLatency, format_bytes, format_flops, format_seconds
@@ -33,6 +34,7 @@ from fleet.models import Model, ModelVersion
 from fleet.tables import (
     ModelVersionTable,
     OtherVersionsTable,
+    drift_badge,
     grade_badge,
     op_histogram_summary,
     version_status_badge,
@@ -213,6 +215,7 @@ def _version_page(
         "grade_badge": grade_badge(version.grade),
         "others": OtherVersionsTable(others, version_url=version_url) if others else None,
         **(graded_facts(version) if graded else {}),
+        **drift_facts(version),
     }
     return render_live(request, page, "fleet/registry/_version_live.html", context)
 
@@ -258,6 +261,42 @@ def graded_facts(version: ModelVersion) -> dict[str, object]:
             if stats.get(key) is not None
         ],
         "operators": op_histogram_summary(stats.get("op_histogram") or {}),
+    }
+
+
+def drift_facts(version: ModelVersion) -> dict[str, object]:
+    """The drift card: PSI per minute against the baseline, the recent distribution beside
+    the baseline's, and the alerts (fleet.drift_actions.overview). Nothing, and no query, for
+    a version the drift check has never looked at (no node reported its outputs)."""
+    if version.drift_checked_at is None:
+        return {"drift": None}
+    facts = overview(version)
+    if not facts["points"] and not facts["alerts"]:
+        return {"drift": None}
+    threshold = facts["settings"].threshold
+    compared = facts["compared"]
+    return {
+        "drift": {
+            "baseline": facts["baseline"].label if facts["baseline"] else None,
+            "threshold": threshold,
+            "badge": drift_badge(version.drift_psi, threshold),
+            "recent_rows": facts["recent_rows"],
+            "alerts": facts["alerts"],
+            "open_alert": next((a for a in facts["alerts"] if a.is_open), None),
+            "chart": figure_json(
+                drift_figure([(p.minute, p.psi, p.rows) for p in facts["points"]], threshold)
+            ),
+            "compared": compared[0] if compared else None,
+            "distribution": (
+                figure_json(
+                    distribution_figure(
+                        compared[1], {"baseline": compared[2], "last 10 minutes": compared[3]}
+                    )
+                )
+                if compared
+                else None
+            ),
+        }
     }
 
 

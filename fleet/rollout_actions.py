@@ -13,10 +13,20 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.models import Tenant
 from billing.signing import console_private_key
 from fleet import rollouts
-from fleet.choices import DeploymentState, Strategy, VersionStatus
-from fleet.models import Deployment, DeploymentEvent, ModelVersion, Node, NodeClass, Region
+from fleet.choices import DeploymentState, PinSide, Strategy, VersionStatus
+from fleet.drift_actions import drift_gate, drift_soak_s
+from fleet.models import (
+    Deployment,
+    DeploymentEvent,
+    ModelVersion,
+    Node,
+    NodeClass,
+    Region,
+    TenantPin,
+)
 from fleet.tasks import push_desired_task
 from inference import protocol
 from inference.protocol import ARTIFACT_PATH, DesiredPush, DesiredVersion
@@ -69,6 +79,7 @@ def start_rollout(
     steps: list[int] | None = None,
     soak_s: int = 60,
     gates: rollouts.Gates | None = None,
+    rollback_on_drift: bool = False,
     acting_user=None,
 ) -> Deployment:
     """Start rolling `version` out; refused up front when it cannot run where it is sent."""
@@ -78,6 +89,14 @@ def start_rollout(
         raise RolloutError(f"{version} is not graded yet ({version.get_status_display()})")
     steps = [100] if strategy == Strategy.ALL_AT_ONCE else (steps or [5, 25, 100])
     rollouts.parse_steps(", ".join(map(str, steps)))  # same rules as the form
+    if rollback_on_drift:
+        needed = drift_soak_s()
+        if soak_s < needed:
+            raise RolloutError(
+                f"rolling back on drift needs a soak of at least {needed} s per step: drift is "
+                "judged over whole minutes of outputs, and a shorter step would pass before "
+                "it could be"
+            )
     target_classes = node_classes or list(NodeClass.objects.all())
     problems = _fit_problems(version, target_classes)
     if problems:
@@ -119,6 +138,7 @@ def start_rollout(
             max_error_rate_increase=gates.max_error_rate_increase,
             max_p95_ratio=gates.max_p95_ratio,
             min_requests=gates.min_requests,
+            rollback_on_drift=rollback_on_drift,
             created_by=acting_user,
         )
         deployment.regions.set(regions)
@@ -197,6 +217,49 @@ def roll_back(deployment: Deployment, *, reason: str, acting_user=None) -> None:
         push_to(d)
 
 
+# States in which pins can change: a rolled-back deployment serves its previous version only.
+PINNABLE = (DeploymentState.ROLLING, DeploymentState.PAUSED, DeploymentState.COMPLETED)
+
+
+def pin(deployment: Deployment, tenant: Tenant, side: str, *, acting_user=None) -> TenantPin:
+    """Send all of a tenant's requests to the new or the previous version, whatever the
+    canary's share (a controlled rollout); a pin to the previous version outlives the
+    deployment's completion until it is removed."""
+    if side not in PinSide.values:
+        raise RolloutError(f"a pin is to {' or '.join(PinSide.values)}, not {side!r}")
+    with transaction.atomic():
+        d = _locked(deployment)
+        if d.state not in PINNABLE:
+            raise RolloutError(f"this deployment is {d.get_state_display().lower()}: no pins")
+        if side == PinSide.OLD and d.previous_id is None:
+            raise RolloutError("a first deployment has no previous version to pin a tenant to")
+        owner = d.version.model.owner
+        if owner is not None and owner != tenant:
+            raise RolloutError(f"{d.version.model} is {owner.slug}'s own model: only it calls it")
+        target = d.version if side == PinSide.NEW else d.previous
+        existing = TenantPin.objects.filter(deployment=d, tenant=tenant).first()
+        if existing is not None and existing.side == side:
+            return existing
+        TenantPin.objects.filter(deployment=d, tenant=tenant).delete()
+        created = TenantPin.objects.create(
+            deployment=d, tenant=tenant, side=side, created_by=acting_user
+        )
+        _event(d, d.state, f"{tenant.slug} pinned to v{target.version}", acting_user)
+        push_to(d)
+    return created
+
+
+def unpin(deployment: Deployment, tenant: Tenant, *, acting_user=None) -> None:
+    """The tenant's requests follow the traffic split again."""
+    with transaction.atomic():
+        d = _locked(deployment)
+        deleted, _ = TenantPin.objects.filter(deployment=d, tenant=tenant).delete()
+        if not deleted:
+            raise RolloutError(f"{tenant.slug} is not pinned in this deployment")
+        _event(d, d.state, f"{tenant.slug} unpinned: follows the traffic split", acting_user)
+        push_to(d)
+
+
 def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
     """Look at a rolling deployment's health and soak time, and act on the decision."""
     now = now or timezone.now()
@@ -213,6 +276,11 @@ def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
         )
         gates = rollouts.Gates(d.max_error_rate_increase, d.max_p95_ratio, d.min_requests)
         gate = rollouts.check_gates(new, old, gates)
+        alert = drift_gate(d)
+        if alert is not None and gate.passed:
+            gate = rollouts.GateResult(
+                False, True, f"outputs drift ({alert.reason}, against {alert.baseline})"
+            )
         decision, reason = rollouts.decide(
             now=now,
             step_started_at=d.step_started_at,
@@ -247,11 +315,13 @@ def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
 
 def desired_versions(node: Node) -> list[DesiredVersion]:
     """What the console wants this node to serve: per model, the latest deployment whose
-    selector takes the node in decides the versions and their traffic shares."""
+    selector takes the node in decides the versions and their traffic shares. Each carries the
+    model's signal schema, which the node enforces on every infer request."""
     latest: dict[int, Deployment] = {}
     deployments = (
         Deployment.objects.affecting(node)
         .select_related("version__model__owner", "previous")
+        .prefetch_related("pins__tenant")
         .order_by("created_at")
     )
     for deployment in deployments:
@@ -259,11 +329,17 @@ def desired_versions(node: Node) -> list[DesiredVersion]:
     wanted: list[DesiredVersion] = []
     for deployment in latest.values():
         share = deployment.new_share
-        for version, version_share in (
-            (deployment.version, share),
-            (deployment.previous, 1 - share),
+        pinned: dict[str, list[str]] = {PinSide.NEW: [], PinSide.OLD: []}
+        for tenant_pin in deployment.pins.all():
+            pinned[tenant_pin.side].append(tenant_pin.tenant.slug)
+        if deployment.state == DeploymentState.ROLLED_BACK:
+            pinned[PinSide.NEW] = []  # a rolled-back version serves nobody
+        for version, version_share, tenants in (
+            (deployment.version, share, pinned[PinSide.NEW]),
+            (deployment.previous, 1 - share, pinned[PinSide.OLD]),
         ):
-            if version is None or version_share <= 0:
+            # A version without a share still loads when tenants are pinned to it.
+            if version is None or (version_share <= 0 and not tenants):
                 continue
             wanted.append(
                 DesiredVersion(
@@ -273,6 +349,9 @@ def desired_versions(node: Node) -> list[DesiredVersion]:
                     size_bytes=version.size_bytes,
                     url=ARTIFACT_PATH.format(sha256=version.sha256),
                     traffic_share=round(version_share, 4),
+                    # The schema is the model's, so every version serves under the current one.
+                    signals=deployment.version.model.signal_schema,
+                    tenants=sorted(tenants),
                 )
             )
     return wanted

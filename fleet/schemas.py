@@ -91,6 +91,9 @@ class DeploymentIn(Schema):
     max_error_rate_increase: float = Field(0.02, ge=0, le=1)
     max_p95_ratio: float = Field(1.5, ge=1)
     min_requests: int = Field(50, ge=1)
+    rollback_on_drift: bool = Field(
+        False, description="Roll back when the new version's outputs drift (PSI) from its baseline"
+    )
 
 
 class DeploymentEventOut(Schema):
@@ -100,6 +103,16 @@ class DeploymentEventOut(Schema):
     percent: int
     reason: str
     actor: str | None = Field(None, alias="actor.username")
+
+
+class PinOut(Schema):
+    tenant: str = Field(..., alias="tenant.slug")
+    side: str = Field(..., description="new or old")
+
+
+class PinIn(Schema):
+    tenant: str = Field(..., description="The tenant's slug")
+    side: str = Field(..., description="new: the deployment's version; old: the previous one")
 
 
 class DeploymentOut(Schema):
@@ -115,8 +128,14 @@ class DeploymentOut(Schema):
     step_started_at: datetime
     soak_s: int
     gate_note: str
+    rollback_on_drift: bool
+    drift_psi: float | None = Field(None, alias="version.drift_psi")
+    drift_note: str = Field("", alias="version.drift_note")
     created_at: datetime
     finished_at: datetime | None
+    pins: list[PinOut] = Field(
+        default_factory=list, description="Tenants sent to one version whatever the split"
+    )
     events: list[DeploymentEventOut]
 
 

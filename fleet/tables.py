@@ -253,6 +253,30 @@ def grade_badge(grade: str) -> SafeString:
     )
 
 
+DRIFT_BADGE = {
+    "none": "success",
+    "moderate": "warning",
+    "significant": "danger",
+    "unknown": "light border",
+}
+
+
+def drift_badge(psi: float | None, threshold: float) -> SafeString:
+    """A version's latest PSI against its baseline, read as none, moderate or significant
+    (fleet.drift.level)."""
+    from fleet.drift import level
+
+    reading = level(psi, threshold)
+    text = "PSI —, not measured" if psi is None else f"PSI {psi:.2f} · {reading}"
+    return format_html(
+        '<span class="badge text-bg-{}" data-drift-level="{}" title="{}">{}</span>',
+        DRIFT_BADGE[reading],
+        reading,
+        "population stability index of the outputs against the baseline",
+        text,
+    )
+
+
 def op_histogram_summary(histogram: dict[str, int], limit: int = 12) -> list[tuple[str, int]]:
     """The most used operators first (ties by name), at most `limit`, and the rest summed
     under "other" so the version page stays compact for graphs of hundreds of op types."""

@@ -31,10 +31,21 @@ def detect_status_flips_task() -> int:
 
 @shared_task
 def prune_node_samples_task() -> int:
-    """Delete samples older than the retention; returns how many rows went."""
+    """Delete node samples and drift windows older than their retention; returns how many
+    rows went."""
+    from fleet.drift_actions import prune_windows
+
     cutoff = timezone.now() - timedelta(hours=settings.OUTPOST_SAMPLE_RETENTION_H)
     deleted, _ = NodeSample.objects.filter(at__lt=cutoff).delete()
-    return deleted
+    return deleted + prune_windows()
+
+
+@shared_task
+def check_drift_task() -> int:
+    """Measure drift of every version with recent outputs; returns how many were checked."""
+    from fleet.drift_actions import check_all
+
+    return check_all()
 
 
 @shared_task

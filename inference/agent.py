@@ -39,6 +39,7 @@ from inference.artifacts import ARTIFACTS_DIR, ArtifactStore
 if TYPE_CHECKING:  # the CLI checks the identity before it imports onnxruntime and the rest
     from inference.metrics import AgentMetrics
     from inference.repository import ModelRepository
+    from inference.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def build_report(
                 latency_p95_ms=health.p95_ms() if health else None,
                 run_ms_batch1=_run_ms(entry.runner),
                 problem=(entry.reason[:500] or None) if not ready else None,
+                outputs=health.outputs.pending() if health and health.outputs else [],
             )
         )
     models = models[:1000]
@@ -200,6 +202,7 @@ class ConsoleLink:
         metrics: AgentMetrics,
         on_fatal: Callable[[str], None],
         client: httpx.AsyncClient | None = None,
+        token_verifier: TokenVerifier | None = None,
     ) -> None:
         self.console_url = console_url.rstrip("/")
         self.state_dir = state_dir
@@ -210,6 +213,9 @@ class ConsoleLink:
         self.on_fatal = on_fatal
         self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self.identity: protocol.EnrollResponse | None = None
+        # Given the console's key as soon as the identity is known (saved or just enrolled);
+        # until then the server answers requests that carry a token with 503.
+        self.token_verifier = token_verifier
         self.started = time.monotonic()
 
     def accept_push(self, body: bytes, signature: str | None) -> tuple[int, str]:
@@ -265,6 +271,7 @@ class ConsoleLink:
                     identity.node_uid,
                 )
             self.identity = identity
+            self._trust_console_key(identity)
             self.repository.fetch = ArtifactStore(
                 self.state_dir / ARTIFACTS_DIR, self.console_url, identity.credential, self.client
             ).fetch
@@ -273,6 +280,23 @@ class ConsoleLink:
             self.on_fatal(str(exc))
         finally:
             await self.client.aclose()
+
+    def _trust_console_key(self, identity: protocol.EnrollResponse) -> None:
+        if self.token_verifier is None:
+            return
+        try:
+            key = protocol.public_key_from_b64(identity.console_public_key)
+        except ValueError as exc:
+            log.error(
+                "the console public key in %s is unusable (%s): tenant tokens cannot be "
+                "checked, and requests that carry one are refused with 503",
+                self.state_dir / IDENTITY_FILE,
+                exc,
+            )
+            return
+        log.info(
+            "checking tenant tokens against the console key %s", self.token_verifier.trust(key)
+        )
 
     async def enroll(self, token: str) -> protocol.EnrollResponse:
         request = protocol.EnrollRequest(
@@ -337,6 +361,7 @@ class ConsoleLink:
                     self.repository.offer_memory_budget(reply.memory_budget_bytes)
                 self.repository.apply_desired(reply.desired_models)
             if ok:
+                acknowledge_outputs(report, self.metrics)
                 if failures:
                     log.info("console reachable again after %d failed heartbeat(s)", failures)
                 failures = 0
@@ -392,6 +417,14 @@ def _error_text(response: httpx.Response) -> str:
             if key in body:
                 return str(body[key])[:200]
     return str(body)[:200]
+
+
+def acknowledge_outputs(report: protocol.HeartbeatReport, metrics: AgentMetrics) -> None:
+    """The console took the heartbeat: the output windows it carried are stored there."""
+    for model in report.models:
+        health = metrics.versions.get((model.name, model.version))
+        if model.outputs and health is not None and health.outputs is not None:
+            health.outputs.ack(model.outputs)
 
 
 def _run_ms(runner) -> float | None:

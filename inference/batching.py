@@ -33,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inference.codec import RequestError
+from inference.drift import OutputSketch
 from inference.metrics import ModelStats, VersionHealth
 from inference.models import LoadedModel
 
@@ -154,6 +155,9 @@ class ModelRunner:
         self.spec = model.spec
         # This version's request counters (the server records into it, the heartbeat reads it).
         self.health = health if health is not None else VersionHealth()
+        # Per-minute summaries of this version's outputs (drift telemetry, inference/drift.py).
+        self.outputs = OutputSketch(model.spec)
+        self.health.outputs = self.outputs
         self._executor = executor
         self._stats = stats
         self._run = model.session.run
@@ -249,9 +253,9 @@ class ModelRunner:
             outputs = self._run(None, dict(zip(self._input_names, merged, strict=True)))
             elapsed = time.perf_counter() - started
             if len(batch) == 1:
-                return _Outcome(started, elapsed, [(outputs, elapsed)], rows)
+                return _Outcome(started, elapsed, [(outputs, elapsed)], rows, outputs)
             parts = split_outputs(outputs, [item.rows for item in batch])
-            return _Outcome(started, elapsed, [(p, elapsed) for p in parts], rows)
+            return _Outcome(started, elapsed, [(p, elapsed) for p in parts], rows, outputs)
         except Exception as exc:
             if len(batch) == 1:
                 return _Outcome(started, 0.0, [_run_failed(exc)], rows)
@@ -296,10 +300,15 @@ class ModelRunner:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if outcome.outputs is not None:
+            try:
+                self.outputs.observe(outcome.outputs, outcome.rows)
+            except Exception:  # telemetry must never fail a batch
+                log.exception("summarising the outputs of %s failed", self.spec.name)
 
 
 class _Outcome:
-    __slots__ = ("started", "elapsed", "results", "rows")
+    __slots__ = ("started", "elapsed", "results", "rows", "outputs")
 
     def __init__(
         self,
@@ -307,11 +316,14 @@ class _Outcome:
         elapsed: float,
         results: list[RunResult | BaseException],
         rows: int,
+        outputs: list[np.ndarray] | None = None,
     ) -> None:
         self.started = started
         self.elapsed = elapsed
         self.results = results
         self.rows = rows
+        # The whole batch's outputs when it ran as one (for the output summaries).
+        self.outputs = outputs
 
 
 def _run_failed(exc: Exception) -> RunFailed:

@@ -324,7 +324,12 @@ def serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     link = None
+    token_verifier = None
     if args.console:
+        from inference.tokens import TokenVerifier
+
+        # Empty until the link knows the console's key (from the saved identity or enrollment).
+        token_verifier = TokenVerifier()
         # Bound to every interface: the console can only reach us by a real name.
         wildcard = host in ("0.0.0.0", "::")  # noqa: S104
         advertise = args.advertise or _url(socket.gethostname() if wildcard else host, port)
@@ -336,6 +341,12 @@ def serve(args: argparse.Namespace) -> int:
             repository=repository,
             metrics=metrics,
             on_fatal=fatal,
+            token_verifier=token_verifier,
+        )
+    else:
+        log.info(
+            "standalone: this agent does not check tenant tokens (Authorization headers are "
+            "ignored); an agent started with --console does"
         )
 
     async def startup() -> None:
@@ -358,6 +369,7 @@ def serve(args: argparse.Namespace) -> int:
         on_startup=[startup],
         on_shutdown=[shutdown],
         push_handler=link.accept_push if link is not None else None,
+        token_verifier=token_verifier,
     )
     config = uvicorn.Config(
         app,

@@ -4,6 +4,23 @@ Pure functions over bytes and a `ModelSpec`; every way a request can be wrong be
 `RequestError` whose message says exactly what is wrong, so `inference/server.py` only turns
 it into `{"error": ...}` with the status. This is the hot path: one `orjson.loads`, one
 `np.asarray` per input, a handful of dict lookups, one `orjson.dumps`.
+
+Signals. A model version may declare a signal schema (`ModelSpec.signals`, from the model's
+registration): named fields a tenant sends in the request's top-level `parameters` for
+personalisation, e.g. `{"tier": "string", "visits": "int"}`. When the schema is not empty:
+
+- a parameter the schema names must have the declared JSON type: `string` a string; `int` an
+  integer (not `true`/`false`) within 64 bits; `float` a number, integer or not (not a bool),
+  finite, handed on as a float; `bool` `true` or `false`. `null` means "not given".
+- every signal is optional: a request may leave out any or all of them.
+- any other parameter is refused as an unknown signal, unless OIP, Triton or Outpost reserves
+  its name (`RESERVED_PARAMETERS`, `RESERVED_PREFIXES`): tritonclient sends some of those on
+  its own. A signal the schema declares is checked as a signal even if its name is reserved.
+- the signals given come back in `InferRequest.signals` (name -> value, nulls left out) for
+  what uses them; nothing here logs their values.
+
+A model without signals pays one falsy check, and whatever its requests put in `parameters`
+is accepted, as before.
 """
 
 from __future__ import annotations
@@ -11,6 +28,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -40,18 +58,64 @@ class InferRequest:
     # (output index, as binary) pairs the client asked for; None means all outputs.
     outputs: tuple[tuple[int, bool], ...] | None
     binary_outputs: bool
+    # The model's signals the request gave, validated (see the module docstring); empty when
+    # the model declares none.
+    signals: dict[str, object]
 
 
 _NOT_GIVEN = object()
 
+# Request parameters that are never signals, whatever a model declares: the OIP/Triton
+# request parameters (tritonclient.http sends binary_data_output, sequence_*, priority and
+# timeout by itself; TRITON_RESERVED_REQUEST_PARAMS in tritonclient.utils) and those of
+# Triton's extensions (binary data, classification, shared memory).
+RESERVED_PARAMETERS = frozenset(
+    {
+        "binary_data_output",
+        "binary_data",
+        "binary_data_size",
+        "classification",
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "headers",
+    }
+)
+# Prefixes of reserved names: Triton's shared-memory extension, Triton's own (`triton_`, which
+# tritonclient refuses in user parameters) and ours (`outpost_`, for future agent options).
+RESERVED_PREFIXES = ("shared_memory_", "triton_", "outpost_")
+
+# The range of an `int` signal: what a downstream int64 tensor or column can hold.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_SIGNAL_ARTICLE = {"string": "a string", "int": "an int", "float": "a float", "bool": "a bool"}
+
+
+@dataclass(slots=True)
+class InferBody:
+    """An infer request body parsed, not yet checked against a model. A model's versions may
+    take different requests (inputs, outputs, signals), so `inference/server.py` picks the
+    version from `id` (the traffic split) first, then decodes the body for that version."""
+
+    doc: dict
+    # The binary tensor data after the JSON header (empty without the extension).
+    binary: memoryview | bytes
+    id: str | None
+
 
 def decode_infer_request(body: bytes, json_length: int | None, spec: ModelSpec) -> InferRequest:
-    """Parse and validate an infer request body against the model it is addressed to.
+    """Parse and validate an infer request body against the model it is addressed to."""
+    return decode_infer_body(parse_infer_body(body, json_length), spec)
+
+
+def parse_infer_body(body: bytes, json_length: int | None) -> InferBody:
+    """The JSON of an infer request and its binary part; RequestError when it is no request.
 
     `json_length` is the `Inference-Header-Content-Length` header: when present the JSON is
     only the first that many bytes and binary tensors follow it.
     """
-    binary = b""
+    binary: memoryview | bytes = b""
     header = body
     if json_length is not None:
         if json_length > len(body):
@@ -71,12 +135,19 @@ def decode_infer_request(body: bytes, json_length: int | None, spec: ModelSpec) 
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError("'id' must be a string")
+    return InferBody(doc, binary, request_id)
 
+
+def decode_infer_body(parsed: InferBody, spec: ModelSpec) -> InferRequest:
+    """Validate a parsed request against the model version it is addressed to."""
+    doc, binary = parsed.doc, parsed.binary
     params = doc.get("parameters")
     if params is None:
         params = {}
     elif not isinstance(params, dict):
         raise RequestError("'parameters' must be a JSON object")
+    # Before the inputs: a request with a bad signal is refused without decoding its tensors.
+    signals = _check_signals(params, spec) if spec.signal_types else {}
 
     inputs = doc.get("inputs", _NOT_GIVEN)
     if inputs is _NOT_GIVEN:
@@ -133,13 +204,68 @@ def decode_infer_request(body: bytes, json_length: int | None, spec: ModelSpec) 
 
     binary_default = params.get("binary_data_output") is True
     return InferRequest(
-        id=request_id,
+        id=parsed.id,
         arrays=complete,
         rows=rows,
         key=key,
         outputs=_requested_outputs(doc.get("outputs"), spec, binary_default),
         binary_outputs=binary_default,
+        signals=signals,
     )
+
+
+def _check_signals(params: dict, spec: ModelSpec) -> dict[str, object]:
+    """The request's signals, checked against the model's schema (rules: module docstring)."""
+    declared = spec.signal_types
+    signals: dict[str, object] = {}
+    for name, value in params.items():
+        kind = declared.get(name)
+        if kind is None:
+            if name in RESERVED_PARAMETERS or name.startswith(RESERVED_PREFIXES):
+                continue
+            raise RequestError(
+                f"unknown signal '{name}'; model '{spec.name}' accepts: {spec.signal_names()}"
+            )
+        if value is not None:
+            signals[name] = _signal_value(name, kind, value, spec.name)
+    return signals
+
+
+def _signal_value(name: str, kind: str, value: Any, model: str) -> object:
+    # Exact type checks: JSON true/false arrive as bool, which isinstance(_, int) would pass.
+    cls = type(value)
+    if kind == "string":
+        if cls is str:
+            return value
+    elif kind == "int":
+        if cls is int:
+            if _INT64_MIN <= value <= _INT64_MAX:
+                return value
+            raise RequestError(
+                f"signal '{name}' must be an int (the model '{model}' declares it so), got "
+                f"{value}, which does not fit in 64 bits"
+            )
+    elif kind == "float":
+        if cls is float and math.isfinite(value):
+            return value
+        if cls is int:
+            return float(value)
+    elif kind == "bool":
+        if cls is bool:
+            return value
+    raise RequestError(
+        f"signal '{name}' must be {_SIGNAL_ARTICLE.get(kind, kind)} (the model '{model}' "
+        f"declares it so), got {_show(value)}"
+    )
+
+
+def _show(value: object) -> str:
+    """A value as the client wrote it (JSON), cut short: error messages echo what was sent."""
+    if type(value) is float and not math.isfinite(value):
+        text = str(value)  # orjson would write null
+    else:
+        text = orjson.dumps(value).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_header(item: dict, tensor: TensorSpec, model: str) -> tuple[int, ...]:

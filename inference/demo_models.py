@@ -26,7 +26,11 @@ IR_VERSION = 8
 PRODUCER = "outpost-demo-models"
 
 
-def tiny_classifier(samples: int = 2000) -> onnx.ModelProto:
+def tiny_classifier(
+    samples: int = 2000, class_weights: tuple[float, ...] | None = None
+) -> onnx.ModelProto:
+    """A 3-class logistic regression; `class_weights` skews the training data's classes (the
+    demo's drifting version: same signature, healthy, but it answers differently)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import make_classification
@@ -38,6 +42,7 @@ def tiny_classifier(samples: int = 2000) -> onnx.ModelProto:
         n_informative=6,
         n_redundant=1,
         n_classes=3,
+        weights=list(class_weights) if class_weights else None,
         random_state=7,
     )
     classifier = LogisticRegression(max_iter=1000).fit(features.astype(np.float32), labels)
@@ -53,6 +58,7 @@ def tiny_classifier(samples: int = 2000) -> onnx.ModelProto:
     model.producer_version = "1"
     model.doc_string = (
         f"LogisticRegression on make_classification(n_samples={samples}, random_state=7), 3 classes"
+        + (f", class weights {list(class_weights)}" if class_weights else "")
     )
     return model
 

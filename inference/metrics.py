@@ -16,6 +16,7 @@ import platform
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -29,6 +30,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from inference import __version__
+
+if TYPE_CHECKING:
+    from inference.drift import OutputSketch
 
 OUTCOMES = ("success", "client_error", "server_error")
 
@@ -115,13 +119,15 @@ class VersionHealth:
     """Requests, errors and recent latency of one (model, version); kept after an unload so
     the totals never go backwards."""
 
-    __slots__ = ("requests", "errors", "last_used", "_slots", "_slot_ids")
+    __slots__ = ("requests", "errors", "last_used", "outputs", "_slots", "_slot_ids")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         # perf_counter() of the latest request; the memory budget evicts the least recent.
         self.last_used = 0.0
+        # The loaded runner's output summaries (inference/drift.py), reported per heartbeat.
+        self.outputs: OutputSketch | None = None
         self._slots = [[0] * (len(HEALTH_BOUNDS) + 1) for _ in range(HEALTH_SLOTS)]
         self._slot_ids = [-1] * HEALTH_SLOTS
 

@@ -1,5 +1,9 @@
 """Loading one ONNX file: hash it, build its session, read its spec, warm it up.
 
+The spec also takes the version's signal schema, which the console sends with the desired
+state (`protocol.DesiredVersion.signals`; local `--models` files have none); a schema with a
+type this agent does not know fails the load, since it could not be enforced.
+
 Everything here is blocking and runs in a worker thread (see `inference/repository.py`);
 the result, a `LoadedModel`, is immutable and shared with the batcher.
 """
@@ -10,6 +14,7 @@ import hashlib
 import logging
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,7 +23,13 @@ import onnxruntime as ort
 
 from inference.config import BatchSettings, SessionSettings
 from inference.datatypes import UnsupportedType, from_ort
-from inference.specs import ModelSpec, TensorSpec, dims_from_ort, has_dynamic_batch_dim
+from inference.specs import (
+    ModelSpec,
+    TensorSpec,
+    dims_from_ort,
+    has_dynamic_batch_dim,
+    signal_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +95,13 @@ def load_model(
     *,
     sha256: str | None = None,
     version: str = MODEL_VERSION,
+    signals: Mapping[str, str] | None = None,
 ) -> LoadedModel:
     """Build and warm up a model; raises ModelLoadError with a readable reason."""
+    try:
+        schema = signal_schema(signals or {})
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
     digest = sha256 or file_sha256(path)
     try:
         session = ort.InferenceSession(
@@ -108,6 +124,7 @@ def load_model(
         outputs=outputs,
         batchable=candidate,
         max_batch_size=batching.max_batch_size,
+        signals=schema,
     )
     model = LoadedModel(spec=spec, session=session, path=path, sha256=digest, batching=batching)
     return warm_up(model)

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import secrets
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -40,6 +40,14 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ConsoleMessage(WireModel):
+    """What the console tells a node. Unknown fields are ignored here, so a console upgraded
+    before its nodes (the supported order) can add fields without breaking older agents;
+    what nodes send the console stays strict."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
 # --- enrollment -----------------------------------------------------------------------------
 
 
@@ -53,7 +61,7 @@ class EnrollRequest(WireModel):
     agent_version: str = Field(max_length=50)
 
 
-class EnrollResponse(WireModel):
+class EnrollResponse(ConsoleMessage):
     node_uid: str = Field(description="The node's permanent identity")
     name: str
     region: str = Field(description="Region code, e.g. eu-west")
@@ -64,6 +72,48 @@ class EnrollResponse(WireModel):
 
 
 # --- heartbeat ------------------------------------------------------------------------------
+
+
+# --- output summaries (drift telemetry) ---------------------------------------------------
+#
+# Each node summarises each version's outputs per minute: for a classifier, how many rows had
+# each top class; otherwise, per output, the mean and a coarse histogram of the values over
+# fixed bounds. Fixed bounds and class bins make windows from any node and minute add up, and
+# let the console compare a version with its baseline (population stability index, fleet.drift).
+
+DRIFT_WINDOW_S = 60
+# Class indices 0..DRIFT_MAX_CLASSES-1 get a bin each; the last bin takes the rest (and
+# negative labels).
+DRIFT_MAX_CLASSES = 64
+# Bin edges for values (a bin is [edge_i, edge_i+1)); below the first and from the last
+# on are the two open bins, so a histogram has len(DRIFT_VALUE_EDGES) + 1 counts.
+DRIFT_VALUE_EDGES = (
+    -1000.0, -100.0, -10.0, -3.0, -1.0, -0.3, -0.1, -0.03, -0.01,
+    0.0,
+    0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, 1000.0,
+)  # fmt: skip
+# At most this many outputs of one version are summarised, and this many windows wait for
+# the console's acknowledgement (older ones are dropped: this is telemetry, not billing).
+DRIFT_MAX_OUTPUTS = 4
+DRIFT_MAX_PENDING = 15
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class ValueSummary(WireModel):
+    name: str = Field(max_length=200)
+    mean: float
+    histogram: list[Count] = Field(
+        min_length=len(DRIFT_VALUE_EDGES) + 1, max_length=len(DRIFT_VALUE_EDGES) + 1
+    )
+
+
+class OutputWindow(WireModel):
+    minute: AwareDatetime = Field(description="Start of the minute, UTC")
+    rows: int = Field(ge=0, description="Predictions summarised (rows across requests)")
+    # Exactly one of these: a classifier's top-class counts, or per-output value summaries.
+    classes: list[Count] | None = Field(None, max_length=DRIFT_MAX_CLASSES + 1)
+    values: list[ValueSummary] | None = Field(None, max_length=DRIFT_MAX_OUTPUTS)
 
 
 class LoadedModel(WireModel):
@@ -81,6 +131,9 @@ class LoadedModel(WireModel):
     run_ms_batch1: float | None = Field(None, ge=0)
     # Why a desired version is not served (download failed, sha256 mismatch, does not fit).
     problem: str | None = Field(None, max_length=500)
+    # Completed one-minute summaries of this version's outputs not yet acknowledged by the
+    # console (a 200 to the heartbeat acknowledges them); the console measures drift on them.
+    outputs: list[OutputWindow] = Field(default_factory=list, max_length=DRIFT_MAX_PENDING)
 
 
 class HeartbeatReport(WireModel):
@@ -103,7 +156,7 @@ class HeartbeatReport(WireModel):
 ARTIFACT_PATH = "/api/v1/nodes/artifacts/{sha256}"
 
 
-class DesiredVersion(WireModel):
+class DesiredVersion(ConsoleMessage):
     """A model version the console wants the node to serve."""
 
     model: str = Field(description="The name it is served under (the OIP model name)")
@@ -113,6 +166,17 @@ class DesiredVersion(WireModel):
     url: str = Field(description="Where to download it, relative to the console's URL")
     traffic_share: float = Field(
         ge=0, le=1, description="Share of the model's requests this version takes"
+    )
+    signals: dict[str, str] = Field(
+        default_factory=dict,
+        description="The model's signal schema, {name: type} with types from SIGNAL_TYPES: the "
+        "node refuses infer requests whose `parameters` break it (inference/codec.py)",
+    )
+    tenants: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Tenants pinned to this version: their requests to the model go to it "
+        "(once ready) whatever the traffic split; a tenant is known by its ephemeral token",
     )
 
 
@@ -124,14 +188,14 @@ SIGNATURE_HEADER = "x-outpost-signature"
 PUSH_MAX_AGE_S = 60
 
 
-class DesiredPush(WireModel):
+class DesiredPush(ConsoleMessage):
     node_uid: str
     issued_at: AwareDatetime
     desired_models: list[DesiredVersion]
     memory_budget_bytes: int | None = Field(None, ge=0)
 
 
-class HeartbeatReply(WireModel):
+class HeartbeatReply(ConsoleMessage):
     """What the console wants of the node."""
 
     status: Literal["online", "degraded", "offline"]
@@ -262,3 +326,159 @@ class ModelVersionInfo(WireModel):
     latency: list[ClassLatency] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list, description="Why this grade and class")
     failure: str | None = None
+
+
+# --- ephemeral tokens -----------------------------------------------------------------------
+#
+# A tenant exchanges its API key for a short-lived token (POST TOKENS_PATH) and calls nodes
+# with `Authorization: Bearer <token>`; API keys never travel to nodes. A node checks a token
+# offline against the console key it pinned at enrollment (inference/tokens.py, once per token).
+#
+# Form: "opt_" + base64url(canonical_json(claims)) + "." + base64url(Ed25519 signature of
+# those claim bytes), without padding. The claims name the signing key (`key_id`), so a
+# console can rotate keys while nodes trust the old and the new one.
+
+TOKENS_PATH = "/api/v1/tokens"
+TOKEN_PREFIX = "opt_"  # noqa: S105 - a prefix, not a secret
+# The scope a token needs to call inference on a node.
+SCOPE_INFER = "infer"
+# Shortest lifetime the console issues (the longest is its OUTPOST_TOKEN_TTL_S setting).
+TOKEN_MIN_TTL_S = 30
+# How far a token's issued_at may lie in the node's future: the console's and the node's
+# clocks are never exactly equal. Expiry gets no leeway: tokens are refreshed well before.
+TOKEN_CLOCK_SKEW_S = 30
+# Longer than any token the console issues; a longer "token" is refused before decoding it.
+TOKEN_MAX_CHARS = 4096
+
+_SIGNATURE_BYTES = 64
+
+
+class TokenClaims(WireModel):
+    """What a token says: who calls, what it may do, and when. Signed by the console."""
+
+    tenant: str = Field(
+        min_length=1, max_length=50, pattern=r"^[-a-zA-Z0-9_]+$", description="Tenant slug"
+    )
+    scopes: list[str] = Field(min_length=1, max_length=20, description='e.g. ["infer"]')
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    token_id: str = Field(min_length=8, max_length=64, description="Unique per token")
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="key_id() of the signing key")
+
+
+class TokenRequest(WireModel):
+    ttl_s: int | None = Field(
+        None,
+        description=f"Lifetime in seconds, at least {TOKEN_MIN_TTL_S}; default and maximum: "
+        "the console's OUTPOST_TOKEN_TTL_S",
+    )
+
+
+class TokenResponse(WireModel):
+    token: str = Field(description="Send it to nodes as `Authorization: Bearer <token>`")
+    tenant: str
+    scopes: list[str]
+    expires_at: AwareDatetime
+
+
+class TokenError(Exception):
+    """A token that cannot be accepted; `message` says why, for the caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def token_expired(expires_at: datetime, now: datetime) -> TokenError:
+    """The error for a token past its expiry (also raised by the node's cache of tokens)."""
+    return TokenError(
+        f"the token expired at {expires_at.isoformat()} "
+        f"({(now - expires_at).total_seconds():.0f} s ago); get a new one from {TOKENS_PATH}"
+    )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_decode(text: str) -> bytes:
+    """Strict: the URL-safe alphabet, no padding, canonical. Anything else is a ValueError,
+    so one token has exactly one spelling (the node's cache is keyed by it)."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if not data or _b64url(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
+def issue_token(private_key: Ed25519PrivateKey, claims: TokenClaims) -> str:
+    """The signed token for `claims`; `claims.key_id` must name `private_key`'s public half."""
+    own_id = key_id(private_key.public_key())
+    if claims.key_id != own_id:
+        raise ValueError(f"the claims name key {claims.key_id}, but the signing key is {own_id}")
+    if claims.expires_at <= claims.issued_at:
+        raise ValueError("a token must expire after it is issued")
+    payload = canonical_json(claims.model_dump(mode="json"))
+    signature = base64.b64decode(sign(private_key, payload))
+    return f"{TOKEN_PREFIX}{_b64url(payload)}.{_b64url(signature)}"
+
+
+def verify_token(
+    keys: dict[str, Ed25519PublicKey] | Ed25519PublicKey, token: str, now: datetime
+) -> TokenClaims:
+    """The claims of a token signed by one of `keys` (by key id, or one key) and valid at
+    `now` (aware). Raises TokenError saying what is wrong: malformed, unknown key, bad
+    signature, expired, not yet valid."""
+    if isinstance(keys, Ed25519PublicKey):
+        keys = {key_id(keys): keys}
+    if len(token) > TOKEN_MAX_CHARS:
+        raise TokenError(f"malformed token: longer than {TOKEN_MAX_CHARS} characters")
+    if not token.startswith(TOKEN_PREFIX):
+        raise TokenError(f"malformed token: a token starts with {TOKEN_PREFIX!r}")
+    encoded_claims, dot, encoded_signature = token[len(TOKEN_PREFIX) :].partition(".")
+    if not dot or not encoded_claims or not encoded_signature:
+        raise TokenError("malformed token: expected opt_<claims>.<signature>")
+    try:
+        payload = _b64url_decode(encoded_claims)
+    except ValueError:
+        raise TokenError("malformed token: the claims are not base64url") from None
+    try:
+        signature = _b64url_decode(encoded_signature)
+    except ValueError:
+        raise TokenError("malformed token: the signature is not base64url") from None
+    if len(signature) != _SIGNATURE_BYTES:
+        raise TokenError("malformed token: the signature is not 64 bytes (Ed25519)")
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise TokenError("malformed token: the claims are not JSON") from None
+    if not isinstance(document, dict):
+        raise TokenError("malformed token: the claims are not a JSON object")
+    try:
+        claims = TokenClaims.model_validate(document)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'claims'}: {e['msg']}"
+            for e in exc.errors()  # type: ignore[attr-defined]
+        )
+        raise TokenError(f"malformed token: {problems}") from None
+    key = keys.get(claims.key_id)
+    if key is None:
+        trusted = ", ".join(sorted(keys)) or "none yet"
+        raise TokenError(
+            f"the token is signed by key {claims.key_id}, which this node does not know "
+            f"(it trusts: {trusted})"
+        )
+    if not verify(key, payload, base64.b64encode(signature).decode()):
+        raise TokenError(
+            f"bad signature: the token was altered or not signed by the console's key {claims.key_id}"
+        )
+    if now >= claims.expires_at:
+        raise token_expired(claims.expires_at, now)
+    ahead = (claims.issued_at - now).total_seconds()
+    if ahead > TOKEN_CLOCK_SKEW_S:
+        raise TokenError(
+            f"the token is not valid yet: issued at {claims.issued_at.isoformat()}, {ahead:.0f} s "
+            f"ahead of this node's clock (more than the {TOKEN_CLOCK_SKEW_S} s allowed for clock "
+            "skew); check the clocks of the console and the node"
+        )
+    return claims

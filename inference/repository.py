@@ -27,6 +27,7 @@ refused with a problem in the heartbeat instead of being loaded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -45,6 +46,7 @@ from inference.config import BatchSettings, SessionSettings, SettingsError, load
 from inference.metrics import AgentMetrics
 from inference.models import MODEL_VERSION, ModelLoadError, file_sha256, load_model
 from inference.routing import SplitTable, version_sort_key
+from inference.specs import signal_schema
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +223,26 @@ class Entry:
     memory_bytes: int = 0
     # Console-managed versions only:
     share: float = 1.0
+    # Tenants whose requests go to this version whatever the split (a rollout's pins).
+    tenants: tuple[str, ...] = ()
     failures: int = 0
     retry_at: float = 0.0
     task: asyncio.Task | None = field(default=None, repr=False)
 
 
 class Route:
-    """The ready versions of one model name and how unversioned requests split between them."""
+    """The ready versions of one model name and how unversioned requests split between them;
+    `pins` sends a tenant's requests to one version whatever the split."""
 
-    __slots__ = ("versions", "table", "single", "primary")
+    __slots__ = ("versions", "table", "single", "primary", "pins")
 
-    def __init__(self, ready: Sequence[tuple[str, float, ModelRunner]]) -> None:
+    def __init__(
+        self,
+        ready: Sequence[tuple[str, float, ModelRunner]],
+        pins: dict[str, ModelRunner] | None = None,
+    ) -> None:
         self.versions: dict[str, ModelRunner] = {v: runner for v, _, runner in ready}
+        self.pins: dict[str, ModelRunner] = pins or {}
         self.table = SplitTable.build([(v, share) for v, share, _ in ready])
         # The one runner every unversioned request goes to, when there is only one.
         self.single = (
@@ -375,17 +385,19 @@ class ModelRepository:
     # --- routes ---------------------------------------------------------------------------------
 
     def _rebuild_route(self, name: str) -> None:
-        ready = [
-            (e.version, e.share, e.runner)
+        entries = [
+            e
             for (model, _), e in sorted(self.managed.items())
             if model == name and e.state == READY and e.runner is not None
         ]
+        ready = [(e.version, e.share, e.runner) for e in entries]
+        pins = {tenant: e.runner for e in entries for tenant in e.tenants}
         if not ready:
             local = self.entries.get(name)
             if local is not None and local.state == READY and local.runner is not None:
                 ready = [(local.version, 1.0, local.runner)]
         if ready:
-            self.routes[name] = Route(ready)
+            self.routes[name] = Route(ready, pins)
         else:
             self.routes.pop(name, None)
 
@@ -439,11 +451,14 @@ class ModelRepository:
             self._drop_managed(key)
             touched.add(key[0])
         shares = {(d.model, d.version): d.traffic_share for d in desired}
+        pinned = {(d.model, d.version): tuple(d.tenants) for d in desired}
         for key, entry in self.managed.items():
             share = shares.get(key, 0.0)  # a version kept until its replacement is ready: 0
-            if entry.share != share:
-                entry.share = share
+            tenants = pinned.get(key, ())
+            if entry.share != share or entry.tenants != tenants:
+                entry.share, entry.tenants = share, tenants
                 touched.add(key[0])
+        self._update_signals(desired)
         for key, problem in plan.refuse.items():
             entry = self.managed.get(key)
             item = next(d for d in desired if (d.model, d.version) == key)
@@ -471,6 +486,23 @@ class ModelRepository:
         for name in touched:
             self._rebuild_route(name)
 
+    def _update_signals(self, desired: list[protocol.DesiredVersion]) -> None:
+        """A model's signal schema can change after its versions loaded (the console keeps one
+        per model): ready versions take the new one at once, without a reload."""
+        for item in desired:
+            entry = self.managed.get((item.model, item.version))
+            runner = entry.runner if entry is not None else None
+            if runner is None or entry.sha256 != item.sha256:
+                continue
+            try:
+                schema = signal_schema(item.signals)
+            except ValueError as exc:
+                log.error("model %s version %s: %s", item.model, item.version, exc)
+                continue
+            if runner.spec.signals != schema:
+                runner.spec = dataclasses.replace(runner.spec, signals=schema)
+                log.info("model %s version %s: signal schema updated", item.model, item.version)
+
     def _drop_managed(self, key: Key) -> None:
         entry = self.managed.pop(key, None)
         if entry is None:
@@ -489,6 +521,7 @@ class ModelRepository:
         if entry is None:
             entry = self.managed[key] = Entry(item.model, LOADING, version=item.version)
         entry.state, entry.sha256, entry.share = LOADING, item.sha256, item.traffic_share
+        entry.tenants = tuple(item.tenants)
         entry.memory_bytes = estimate_memory(item.size_bytes)
         entry.task = asyncio.get_running_loop().create_task(
             self._fetch_and_load(entry, item), name=f"load-{item.model}-{item.version}"
@@ -513,6 +546,7 @@ class ModelRepository:
                 self.batch_defaults,
                 item.sha256,
                 item.version,
+                item.signals,
             )
         except asyncio.CancelledError:
             raise
@@ -620,6 +654,9 @@ def _load_version(
     batching: BatchSettings,
     digest: str,
     version: str,
+    signals: dict[str, str],
 ):
     # The file was verified against `digest` when it was fetched (inference/artifacts.py).
-    return load_model(path, name, settings, batching, sha256=digest, version=version)
+    return load_model(
+        path, name, settings, batching, sha256=digest, version=version, signals=signals
+    )

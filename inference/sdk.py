@@ -8,6 +8,12 @@
         )
     print(info.version, info.grade, info.node_class)
 
+The same client exchanges the API key for the short-lived token that calls nodes:
+
+    token = outpost.token().token       # or outpost.fresh_token(), reused until near expiry
+    httpx.post(node_url + "/v2/models/churn/infer", json=..., headers={
+        "Authorization": f"Bearer {token}"})
+
 It lives in `inference/` so that a tenant installs only the light package (httpx, pydantic,
 orjson; no Django, no onnxruntime). The wire formats are `inference/protocol.py`'s
 (`MODELS_PATH`, `SIGNAL_TYPES`, `ModelVersionInfo`); `python -m inference register` (in
@@ -28,15 +34,15 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from inference import __version__, protocol
-from inference.protocol import ModelVersionInfo
+from inference.protocol import ModelVersionInfo, TokenResponse
 
 # on_progress(phase, done, total): ("upload", bytes sent, file size) and
 # ("grading", whole seconds waited, timeout in whole seconds).
@@ -53,6 +59,10 @@ POLL_CAP_S = 2.0
 TICK_S = 0.25
 # Statuses worth waiting out while polling: the console restarting or shedding load.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+Answer = TypeVar("Answer", bound=BaseModel)
+
+# fresh_token() gets a new token when the one it has expires within this many seconds.
+TOKEN_MIN_VALIDITY_S = 60.0
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
@@ -183,7 +193,8 @@ class _MultipartUpload:
 
 
 class Outpost:
-    """A tenant's client of the console's model registry (`/api/v1/models`).
+    """A tenant's client of the console's model registry (`/api/v1/models`) and of its token
+    exchange (`/api/v1/tokens`).
 
     One `httpx.Client` inside, so calls share connections; use it as a context manager or call
     `close()`. `timeout` is per HTTP request (httpx semantics: connect, read, write, pool).
@@ -202,6 +213,7 @@ class Outpost:
         if not api_key or not api_key.strip():
             raise OutpostError("an API key is needed (create one in the console's portal)")
         self.url = url
+        self._token: TokenResponse | None = None
         self.client = httpx.Client(
             base_url=url,
             timeout=timeout,
@@ -336,6 +348,29 @@ class Outpost:
                 report()
             delay = min(delay * POLL_GROWTH, POLL_CAP_S)
 
+    def token(self, ttl_s: int | None = None) -> TokenResponse:
+        """Exchange the API key for an ephemeral token: send `token` to nodes as
+        `Authorization: Bearer <token>` until `expires_at`. `ttl_s` asks for a shorter life
+        than the console's default (at least 30 s; the console says its range if not)."""
+        body = protocol.TokenRequest(ttl_s=ttl_s).model_dump_json(exclude_none=True)
+        response = self._send(
+            "POST",
+            protocol.TOKENS_PATH,
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        self._token = self._parsed(response, TokenResponse, expect=(200,))
+        return self._token
+
+    def fresh_token(self, min_validity_s: float = TOKEN_MIN_VALIDITY_S) -> str:
+        """A token valid for at least `min_validity_s` more seconds: the last one while it is,
+        else a new one (which is returned even if the console gives shorter lives than that).
+        Call it before each request to a node; it asks the console once per token lifetime."""
+        current = self._token
+        if current is None or current.expires_at.timestamp() - time.time() < min_validity_s:
+            current = self.token()
+        return current.token
+
     # --- plumbing ----------------------------------------------------------------------------
 
     @staticmethod
@@ -356,10 +391,15 @@ class Outpost:
     def _version_info(
         self, response: httpx.Response, *, expect: tuple[int, ...]
     ) -> ModelVersionInfo:
+        return self._parsed(response, ModelVersionInfo, expect=expect)
+
+    def _parsed(
+        self, response: httpx.Response, model: type[Answer], *, expect: tuple[int, ...]
+    ) -> Answer:
         if response.status_code not in expect:
             raise OutpostError(_error_message(response), status=response.status_code)
         try:
-            return ModelVersionInfo.model_validate_json(response.content)
+            return model.model_validate_json(response.content)
         except ValidationError as exc:
             raise OutpostError(
                 f"the console answered {response.status_code} with a body this SDK "

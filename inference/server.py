@@ -35,11 +35,17 @@ from inference.asgi import (
     respond,
 )
 from inference.batching import RunFailed
-from inference.codec import RequestError, decode_infer_request, encode_infer_response
+from inference.codec import (
+    RequestError,
+    decode_infer_body,
+    encode_infer_response,
+    parse_infer_body,
+)
 from inference.metrics import AgentMetrics
 from inference.repository import LOADING, LoadFailed, ModelRepository, UnknownModel
 from inference.routing import version_sort_key
 from inference.specs import model_config, model_metadata
+from inference.tokens import TokenVerifier, rejection
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +71,15 @@ class AgentApp:
         on_startup: list[Hook] | None = None,
         on_shutdown: list[Hook] | None = None,
         push_handler: PushHandler | None = None,
+        token_verifier: TokenVerifier | None = None,
     ) -> None:
         self.repository = repository
         # Verifies and applies a desired state the console pushed (ConsoleLink.accept_push);
         # None when the agent runs standalone.
         self.push_handler = push_handler
+        # Names the tenant of a request from its bearer token (inference/tokens.py); None when
+        # the agent runs standalone: then Authorization headers are ignored.
+        self.token_verifier = token_verifier
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._admin_token = admin_token.encode() if admin_token else None
@@ -216,14 +226,26 @@ class AgentApp:
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
         started = time.perf_counter()
+        tenant: str | None = None
+        if self.token_verifier is not None:
+            try:
+                tenant = self.token_verifier.tenant(scope["headers"])
+            except protocol.TokenError as exc:
+                await self._refuse_token(send, name, exc, started)
+                return
         route = self.repository.routes.get(name)
         runner = None
         session_key: str | None = None
+        # True once the version is settled: named, the only one, or a tenant's pin.
+        chosen = version is not None
         if route is not None:
             if version is not None:
                 runner = route.versions.get(version)
             elif route.single is not None:
-                runner = route.single
+                runner, chosen = route.single, True
+            elif tenant is not None and tenant in route.pins:
+                # A rollout pinned this tenant to one version, whatever the split.
+                runner, chosen = route.pins[tenant], True
             else:
                 session_key = _session_id(scope["headers"])
                 runner = route.pick(session_key) if session_key is not None else route.primary
@@ -239,15 +261,12 @@ class AgentApp:
         try:
             declared, json_length = length_headers(scope["headers"])
             body = await read_body(receive, self.max_body_bytes, declared)
-            request = decode_infer_request(body, json_length, runner.spec)
-            if route.single is None and version is None and session_key is None:
-                # No session: split by the request id (or at random), then decode again only
-                # if the chosen version's inputs differ from the primary's.
-                chosen = route.pick(request.id)
-                if chosen is not runner:
-                    if chosen.spec.inputs != runner.spec.inputs:
-                        request = decode_infer_request(body, json_length, chosen.spec)
-                    runner = chosen
+            parsed = parse_infer_body(body, json_length)
+            if not chosen and session_key is None:
+                # No session: split by the request id (or at random), then check the request
+                # against the version that serves it (its inputs and signals may differ).
+                runner = route.pick(parsed.id)
+            request = decode_infer_body(parsed, runner.spec)
             outputs, run_seconds = await runner.infer(request.arrays, request.rows, request.key)
             payload, header_length = encode_infer_response(runner.spec, request, outputs)
             status = 200
@@ -280,6 +299,16 @@ class AgentApp:
                 (b"x-outpost-overhead-ms", b"%.3f" % ((elapsed - run_seconds) * 1000)),
             ],
         )
+
+    async def _refuse_token(
+        self, send: Send, name: str, exc: protocol.TokenError, started: float
+    ) -> None:
+        status, extra = rejection(exc)
+        # A model this node does not serve is counted without its name (see metrics.py).
+        stats = self.metrics.models.get(name)
+        self.metrics.record_request(stats, status, time.perf_counter() - started)
+        # The body was not read; closing the connection spares us reading it.
+        await respond(send, status, error_body(exc.message), extra=(*extra, *CLOSE))
 
     # --- the console's pushes ----------------------------------------------------------------
 

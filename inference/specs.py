@@ -2,16 +2,22 @@
 
 `ModelSpec` is plain data (no onnxruntime objects): request validation in
 `inference/codec.py` and the metadata documents are pure functions of it.
+
+A spec also carries the version's *signal schema*: the named fields a tenant may send in an
+infer request's top-level `parameters` ({"tier": "string", "visits": "int"}), declared when
+the model was registered and delivered with the console's desired state
+(`protocol.DesiredVersion.signals`). `inference/codec.py` enforces it; the rules are there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
 from inference.datatypes import DataType
+from inference.protocol import SIGNAL_TYPES
 
 PLATFORM = "onnxruntime_onnx"
 
@@ -46,18 +52,44 @@ class ModelSpec:
     # (checked by running the model at two batch sizes during warm-up).
     batchable: bool
     max_batch_size: int = 0
+    # The signal schema as (name, type) pairs sorted by name, so two versions declaring the
+    # same schema compare equal whatever order it was written in. Empty: no signals, and the
+    # request's `parameters` are not looked at (see decode_infer_request).
+    signals: tuple[tuple[str, str], ...] = ()
     input_index: dict[str, int] = field(init=False, repr=False)
     output_index: dict[str, int] = field(init=False, repr=False)
+    # name -> type: the hot path's lookup for `signals`.
+    signal_types: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "signals", signal_schema(self.signals))
         object.__setattr__(self, "input_index", {t.name: i for i, t in enumerate(self.inputs)})
         object.__setattr__(self, "output_index", {t.name: i for i, t in enumerate(self.outputs)})
+        object.__setattr__(self, "signal_types", dict(self.signals))
 
     def input_names(self) -> str:
         return ", ".join(f"'{t.name}'" for t in self.inputs) or "none"
 
     def output_names(self) -> str:
         return ", ".join(f"'{t.name}'" for t in self.outputs) or "none"
+
+    def signal_names(self) -> str:
+        return ", ".join(f"'{name}' ({kind})" for name, kind in self.signals) or "none"
+
+
+def signal_schema(
+    signals: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    """A signal schema in the form `ModelSpec.signals` keeps; ValueError for a type this agent
+    does not know (a console newer than the agent): it cannot enforce what it cannot check."""
+    pairs = signals.items() if isinstance(signals, Mapping) else signals
+    schema = tuple(sorted((str(name), kind) for name, kind in pairs))
+    for name, kind in schema:
+        if kind not in SIGNAL_TYPES:
+            raise ValueError(
+                f"signal '{name}' has type {kind!r}; this agent knows {', '.join(SIGNAL_TYPES)}"
+            )
+    return schema
 
 
 def dims_from_ort(shape: Sequence[object] | None) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 
 from billing.choices import MemberRole
-from billing.models import Membership, Tenant
+from billing.models import ApiKey, Membership, Tenant
 from billing.roles import FINANCE_GROUP
 from fleet.models import EnrollmentToken, Node, NodeClass, Region
 from inference.agent import IDENTITY_FILE, IdentityError, load_identity
@@ -431,3 +431,17 @@ def register_demo_models(models_dir: Path, report: SeedReport) -> None:
         )
         if created:
             report.note(f"registered {name} in the catalogue as version {version.version}")
+
+
+TRAFFIC_KEY_NAME = "demo traffic"
+
+
+def traffic_keys() -> dict[str, str]:
+    """A fresh API key per demo tenant for the traffic generator (the previous run's are
+    revoked): it exchanges them for ephemeral tokens and calls the nodes as the tenants."""
+    keys = {}
+    for tenant in Tenant.objects.filter(slug__in=[t["slug"] for t in TENANTS]).order_by("slug"):
+        for old in ApiKey.objects.active().filter(tenant=tenant, name=TRAFFIC_KEY_NAME):
+            old.revoke()
+        keys[tenant.slug] = ApiKey.issue(tenant, TRAFFIC_KEY_NAME)[1]
+    return keys

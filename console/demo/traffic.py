@@ -12,6 +12,11 @@ whatever the nodes do. Models are discovered per node (Triton's repository index
 names given) and their inputs built from `GET /v2/models/{name}`, batch 1. A node that is down
 is retried with backoff while the others carry on. SIGINT or SIGTERM stops it cleanly.
 
+With `--console` and tenants' API keys in `OUTPOST_DEMO_TENANT_KEYS` (`acme=opk_…,globex=…`),
+requests carry a tenant's ephemeral token (exchanged at the console and renewed before it
+expires), as real tenants call nodes: a tenant's own model (`acme.churn`) with its owner's
+token, a catalogue model with a tenant drawn at random, so rollouts' per-tenant pins apply.
+
 Only httpx and numpy: no Django, nothing of the console (this runs as a plain process).
 """
 
@@ -22,12 +27,14 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import urlparse
 
 import httpx
@@ -50,6 +57,9 @@ MAX_BACKOFF_S = 30.0
 REDISCOVER_S = 15.0
 # Requests carry one of this many session ids, so a canary's split sticks per session.
 SESSIONS = 500
+# Tenants' tokens are renewed when they have less than this left (seconds).
+TOKEN_RENEW_S = 120.0
+TOKENS_PATH = "/api/v1/tokens"
 
 _FLOAT_TYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _INT_TYPES = {
@@ -143,6 +153,68 @@ class ModelTarget:
     bodies: list[bytes]
 
 
+def parse_tenant_keys(text: str) -> dict[str, str]:
+    """ "acme=opk_1,globex=opk_2" → {"acme": "opk_1", "globex": "opk_2"}."""
+    keys = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        slug, sep, key = part.partition("=")
+        if not sep or not slug or not key:
+            raise ValueError(f"tenant keys are slug=key pairs separated by commas, not {part!r}")
+        keys[slug.strip()] = key.strip()
+    return keys
+
+
+def tenant_for(model: str, tenants: Sequence[str], rng: np.random.Generator) -> str | None:
+    """Who calls `model`: the owner of a tenant's own model (served as `owner.name`), else
+    any tenant; None when there is none to call as."""
+    owner, sep, _ = model.partition(".")
+    if sep:
+        return owner if owner in tenants else None
+    return tenants[rng.integers(len(tenants))] if tenants else None
+
+
+class TenantTokens:
+    """The demo tenants' ephemeral tokens, exchanged at the console for their API keys and
+    renewed in the background before they expire."""
+
+    def __init__(self, console_url: str, keys: dict[str, str]) -> None:
+        self.console_url = console_url.rstrip("/")
+        self.keys = keys
+        self.tokens: dict[str, tuple[str, float]] = {}  # slug -> (token, expires at, epoch s)
+
+    @property
+    def tenants(self) -> list[str]:
+        return sorted(self.tokens)
+
+    def header(self, tenant: str | None) -> dict[str, str]:
+        found = self.tokens.get(tenant) if tenant else None
+        return {"Authorization": f"Bearer {found[0]}"} if found else {}
+
+    async def renew(self, client: httpx.AsyncClient) -> None:
+        for slug, key in self.keys.items():
+            current = self.tokens.get(slug)
+            if current is not None and current[1] - time.time() > TOKEN_RENEW_S:
+                continue
+            try:
+                response = await client.post(
+                    self.console_url + TOKENS_PATH, headers={"Authorization": f"Bearer {key}"}
+                )
+                response.raise_for_status()
+                body = response.json()
+                expires = time.time() + max(TOKEN_RENEW_S, 600.0)
+                with contextlib.suppress(KeyError, ValueError):
+                    expires = datetime.fromisoformat(body["expires_at"]).timestamp()
+                self.tokens[slug] = (body["token"], expires)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                log(f"no token for {slug} from {self.console_url}: {exc}")
+
+    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while True:
+            await self.renew(client)
+            if not await _sleep(30.0, stop):
+                return
+
+
 @dataclass
 class NodeDriver:
     """Sends one node its share of the traffic, and finds its models again after an outage."""
@@ -161,6 +233,7 @@ class NodeDriver:
     stale: bool = False
     # The models last announced, so a rediscovery that changes nothing says nothing.
     calling: str = ""
+    tokens: TenantTokens | None = None
 
     @property
     def label(self) -> str:
@@ -264,6 +337,7 @@ class NodeDriver:
                 headers={
                     "Content-Type": "application/json",
                     "X-Session-Id": f"demo-{self.rng.integers(SESSIONS)}",
+                    **self._authorization(model.name),
                 },
             )
         except httpx.HTTPError as exc:
@@ -278,6 +352,11 @@ class NodeDriver:
             self.stats[f"http {response.status_code}"] += 1
             if response.status_code == 404:
                 self.stale = True  # the model went away: find out what the node serves now
+
+    def _authorization(self, model: str) -> dict[str, str]:
+        if self.tokens is None:
+            return {}
+        return self.tokens.header(tenant_for(model, self.tokens.tenants, self.rng))
 
     def _went_down(self, exc: Exception) -> None:
         if self.up:
@@ -339,6 +418,7 @@ async def run_traffic(
     seed: int | None = None,
     report_every: float = REPORT_EVERY_S,
     stop: asyncio.Event | None = None,
+    tokens: TenantTokens | None = None,
 ) -> list[NodeDriver]:
     """Send traffic until `stop` is set, `duration` has passed or a signal arrives."""
     stop = stop or asyncio.Event()
@@ -349,11 +429,16 @@ async def run_traffic(
     if duration is not None:
         loop.call_later(duration, stop.set)
     drivers = make_drivers(urls, rate=rate, model_names=model_names, seed=seed)
+    for driver in drivers:
+        driver.tokens = tokens
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT * len(drivers) + 4)
     timeout = httpx.Timeout(10.0, connect=2.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         tasks = [asyncio.create_task(d.run(client, stop)) for d in drivers]
         tasks.append(asyncio.create_task(_report(drivers, stop, report_every)))
+        if tokens is not None:
+            await tokens.renew(client)  # the first requests already carry tokens
+            tasks.append(asyncio.create_task(tokens.run(client, stop)))
         await asyncio.gather(*tasks)
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -383,7 +468,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
+    parser.add_argument(
+        "--console",
+        default=None,
+        help="the console's URL: call as the tenants whose API keys are in "
+        "OUTPOST_DEMO_TENANT_KEYS (slug=key,…), with their ephemeral tokens",
+    )
     args = parser.parse_args(argv)
+    tokens = None
+    if args.console:
+        try:
+            keys = parse_tenant_keys(os.environ.get("OUTPOST_DEMO_TENANT_KEYS", ""))
+        except ValueError as exc:
+            parser.error(f"OUTPOST_DEMO_TENANT_KEYS: {exc}")
+        if keys:
+            tokens = TenantTokens(args.console, keys)
+            log(f"calling as tenants {', '.join(sorted(keys))} with their ephemeral tokens")
     urls = [u.strip() for u in args.nodes.split(",") if u.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not urls:
@@ -391,7 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"sending about {args.rate:g} requests/s to each of {len(urls)} nodes")
     drivers = asyncio.run(
         run_traffic(
-            urls, rate=args.rate, model_names=models, duration=args.duration, seed=args.seed
+            urls,
+            rate=args.rate,
+            model_names=models,
+            duration=args.duration,
+            seed=args.seed,
+            tokens=tokens,
         )
     )
     total = sum((d.stats for d in drivers), Counter())

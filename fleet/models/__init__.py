@@ -1,6 +1,7 @@
 """The fleet's models: nodes and their history (nodes.py), the model registry (registry.py),
-deployments (rollouts.py)."""
+deployments (rollouts.py), drift telemetry (drift.py), per-tenant pins (pins.py)."""
 
+from fleet.models.drift import DriftAlert, DriftWindow
 from fleet.models.nodes import (
     EnrollmentToken,
     Node,
@@ -10,12 +11,15 @@ from fleet.models.nodes import (
     NodeStatusChange,
     Region,
 )
+from fleet.models.pins import TenantPin
 from fleet.models.registry import Model, ModelVersion
 from fleet.models.rollouts import Deployment, DeploymentEvent
 
 __all__ = [
     "Deployment",
     "DeploymentEvent",
+    "DriftAlert",
+    "DriftWindow",
     "EnrollmentToken",
     "Model",
     "ModelVersion",
@@ -25,4 +29,5 @@ __all__ = [
     "NodeSample",
     "NodeStatusChange",
     "Region",
+    "TenantPin",
 ]

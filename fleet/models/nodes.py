@@ -226,7 +226,8 @@ class Node(models.Model):
             node.queue_depth = report.queue_depth
             node.requests_total = report.requests_total
             node.errors_total = report.errors_total
-            node.models_loaded = [m.model_dump() for m in report.models]
+            # The output windows go to DriftWindow rows (fleet.drift_actions), not here.
+            node.models_loaded = [m.model_dump(exclude={"outputs"}) for m in report.models]
             node.bundle_revision = report.bundle_revision
             node._flip_to(node.derived_status(now), reason, now)
             node.save()

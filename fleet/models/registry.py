@@ -97,6 +97,13 @@ class ModelVersion(models.Model):
     failure = models.TextField(blank=True)
     graded_at = models.DateTimeField(null=True, blank=True)
 
+    # Drift (fleet.drift_actions): the reference captured from the version's first well-filled
+    # minute (used when there is no previous version to compare with), and the latest check.
+    drift_reference = models.JSONField(null=True, blank=True)
+    drift_psi = models.FloatField(null=True, blank=True)
+    drift_note = models.CharField(max_length=300, blank=True)
+    drift_checked_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         ordering = ["model__name", "-version"]
         constraints = [

@@ -49,6 +49,10 @@ class Deployment(models.Model):
     max_error_rate_increase = models.FloatField(default=0.02)
     max_p95_ratio = models.FloatField(default=1.5)
     min_requests = models.PositiveIntegerField(default=50)
+    rollback_on_drift = models.BooleanField(
+        default=False,
+        help_text="Roll back when the new version's outputs drift from the previous version's",
+    )
 
     state = models.CharField(
         max_length=12, choices=DeploymentState.choices, default=DeploymentState.ROLLING

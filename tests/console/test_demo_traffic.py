@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -171,3 +173,46 @@ def test_it_calls_a_live_node_and_carries_on_past_a_dead_one(fake_node):
     assert [m.name for m in live_driver.models] == ["tiny-classifier"]
     assert not dead_driver.up
     assert dead_driver.stats["ok"] == 0
+
+
+def test_tenant_keys_are_slug_key_pairs():
+    from console.demo.traffic import parse_tenant_keys
+
+    assert parse_tenant_keys("acme=opk_1, globex=opk_2,") == {"acme": "opk_1", "globex": "opk_2"}
+    assert parse_tenant_keys("") == {}
+    with pytest.raises(ValueError, match="slug=key pairs"):
+        parse_tenant_keys("acme")
+
+
+def test_a_tenants_own_model_is_called_as_its_owner_and_the_catalogue_as_anyone():
+    from console.demo.traffic import tenant_for
+
+    rng = np.random.default_rng(1)
+    tenants = ["acme", "globex", "nakamura"]
+    assert tenant_for("acme.churn", tenants, rng) == "acme"
+    assert tenant_for("initech.churn", tenants, rng) is None  # not ours to call
+    assert {tenant_for("tiny-classifier", tenants, rng) for _ in range(60)} == set(tenants)
+    assert tenant_for("tiny-classifier", [], rng) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tenant_tokens_come_from_the_console_and_name_their_tenant(live_server, acme):
+    from billing.models import ApiKey
+    from billing.signing import console_private_key
+    from console.demo.traffic import TenantTokens
+    from inference import protocol
+
+    tokens = TenantTokens(live_server.url, {"acme": ApiKey.issue(acme, "t")[1], "ghost": "opk_x"})
+
+    async def renew():
+        async with httpx.AsyncClient() as client:
+            await tokens.renew(client)
+
+    asyncio.run(renew())
+    assert tokens.tenants == ["acme"]  # the bad key got no token, and the rest carried on
+    header = tokens.header("acme")["Authorization"]
+    claims = protocol.verify_token(
+        console_private_key().public_key(), header.removeprefix("Bearer "), datetime.now(UTC)
+    )
+    assert claims.tenant == "acme"
+    assert tokens.header("ghost") == {} and tokens.header(None) == {}

@@ -78,6 +78,21 @@ def test_a_first_deployment_goes_to_the_selected_nodes_only(churn, nodes, eu_wes
     [wanted] = desired_versions(nodes["fra-1"])
     assert wanted.model == "acme.churn"
     assert wanted.url == f"/api/v1/nodes/artifacts/{v1.sha256}"
+    assert wanted.signals == {}
+
+
+def test_every_desired_version_carries_the_models_signal_schema(churn, nodes):
+    churn.signal_schema = {"tier": "string", "visits": "int"}
+    churn.save(update_fields=["signal_schema"])
+    v1 = make_version(churn, 1)
+    start_rollout(v1, strategy="all_at_once")
+    report(nodes["fra-1"], (1, 800, 8))
+    judge_all_now(v1)
+    start_rollout(make_version(churn, 2), steps=[50, 100])
+
+    desired = desired_versions(nodes["fra-1"])
+    assert sorted(d.version for d in desired) == ["1", "2"]
+    assert [d.signals for d in desired] == [{"tier": "string", "visits": "int"}] * 2
 
 
 def test_a_canary_splits_traffic_by_step_and_promotes_itself_when_healthy(churn, nodes, nano):
@@ -197,6 +212,7 @@ def test_the_heartbeat_answer_carries_the_desired_versions(client, churn, nodes)
     assert [(d["model"], d["version"], d["traffic_share"]) for d in reply["desired_models"]] == [
         ("acme.churn", "1", 1.0)
     ]
+    assert reply["desired_models"][0]["signals"] == {}
 
 
 def test_a_version_whose_signature_would_break_clients_is_refused(churn, nodes):

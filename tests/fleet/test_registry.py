@@ -124,6 +124,8 @@ def test_a_refused_upload_says_why_and_stores_nothing(client, acme_key, tmp_path
         ({"signals": '{"tier": "colour"}'}, "types are string, int, float, bool"),
         ({"signals": '{"1tier": "string"}'}, "signal name '1tier'"),
         ({"signals": '["tier"]'}, "signals must be a JSON object"),
+        ({"signals": '{"priority": "int"}'}, "'priority' is reserved"),
+        ({"signals": '{"outpost_tier": "string"}'}, "'outpost_tier' is reserved"),
     ],
 )
 def test_bad_names_and_signals_are_refused(client, acme_key, doubler, fields, message):

@@ -361,3 +361,103 @@ def test_the_consoles_memory_budget_applies_unless_one_was_given(tmp_path):
 
     assert from_console.memory_budget_bytes == 6 * 2**30
     assert pinned.memory_budget_bytes == 2**30
+
+
+def test_an_older_agent_ignores_fields_a_newer_console_adds():
+    from datetime import UTC, datetime
+
+    reply = protocol.HeartbeatReply.model_validate(
+        {
+            "status": "online",
+            "heartbeat_interval_s": 5,
+            "server_time": datetime.now(UTC).isoformat(),
+            "desired_models": [
+                {
+                    "model": "m",
+                    "version": "1",
+                    "sha256": "a" * 64,
+                    "size_bytes": 1,
+                    "url": "/x",
+                    "traffic_share": 1.0,
+                    "a_field_from_the_future": True,
+                }
+            ],
+            "another_one": [1, 2],
+        }
+    )
+    assert reply.desired_models[0].model == "m"
+    with pytest.raises(ValueError, match="Extra inputs"):
+        protocol.HeartbeatReport.model_validate(
+            {
+                "node_uid": "n",
+                "agent_version": "1",
+                "sent_at": datetime.now(UTC).isoformat(),
+                "uptime_s": 1,
+                "cpu_load": 0,
+                "memory_pressure": 0,
+                "queue_depth": 0,
+                "requests_total": 0,
+                "errors_total": 0,
+                "typo": 1,
+            }
+        )
+
+
+def test_a_new_signal_schema_reaches_a_loaded_version_without_a_reload(tmp_path):
+    path = scaler_model(tmp_path / "scale-1.onnx", 1.0)
+    item = want("scale", "1", sha=hashlib.sha256(path.read_bytes()).hexdigest())
+
+    async def scenario() -> None:
+        async def fetch(_item):
+            return path
+
+        repository = ModelRepository(
+            tmp_path, SessionSettings(), BatchSettings(), ThreadPoolExecutor(1), AgentMetrics()
+        )
+        repository.fetch = fetch
+        repository.apply_desired([item])
+        for _ in range(400):
+            if "scale" in repository.routes:
+                break
+            await asyncio.sleep(0.01)
+        runner = repository.routes["scale"].versions["1"]
+        assert runner.spec.signals == ()
+        repository.apply_desired([item.model_copy(update={"signals": {"tier": "string"}})])
+        assert runner.spec.signals == (("tier", "string"),)
+        assert runner.spec.signal_types == {"tier": "string"}
+        repository.apply_desired([item.model_copy(update={"signals": {"tier": "colour"}})])
+        assert runner.spec.signals == (("tier", "string"),)  # unknown type: kept, and logged
+        repository.close()
+
+    asyncio.run(scenario())
+
+
+def test_pinned_tenants_get_their_version_once_it_is_ready(tmp_path):
+    files = {v: scaler_model(tmp_path / f"scale-{v}.onnx", float(v)) for v in ("1", "2")}
+    items = {
+        v: want("scale", v, sha=hashlib.sha256(f.read_bytes()).hexdigest(), share=0.5)
+        for v, f in files.items()
+    }
+
+    async def scenario() -> None:
+        async def fetch(item):
+            return files[item.version]
+
+        repository = ModelRepository(
+            tmp_path, SessionSettings(), BatchSettings(), ThreadPoolExecutor(1), AgentMetrics()
+        )
+        repository.fetch = fetch
+        repository.apply_desired([items["1"], items["2"].model_copy(update={"tenants": ["acme"]})])
+        for _ in range(400):
+            route = repository.routes.get("scale")
+            if route is not None and len(route.versions) == 2:
+                break
+            await asyncio.sleep(0.01)
+        route = repository.routes["scale"]
+        assert route.pins == {"acme": route.versions["2"]}
+        # The pin moves without a reload when the console moves it.
+        repository.apply_desired([items["1"].model_copy(update={"tenants": ["acme"]}), items["2"]])
+        assert repository.routes["scale"].pins == {"acme": route.versions["1"]}
+        repository.close()
+
+    asyncio.run(scenario())

@@ -79,3 +79,33 @@ def start_process(tmp_path):
 
 def python() -> str:
     return sys.executable
+
+
+def serve_enrolled(start_process, console_url: str, root, name: str, region, node_class) -> int:
+    """Start a real agent that enrolls with the console under `name` with a fresh one-time
+    token and an empty --models folder (the console gives it its versions); returns its port."""
+    from fleet.models import EnrollmentToken
+
+    _, secret = EnrollmentToken.issue(node_name=name, region=region, node_class=node_class)
+    (root / name / "models").mkdir(parents=True)
+    port = free_port()
+    start_process(
+        name,
+        [
+            python(),
+            "-m",
+            "inference",
+            "serve",
+            "--models",
+            str(root / name / "models"),
+            "--port",
+            str(port),
+            "--state-dir",
+            str(root / name / "state"),
+            "--console",
+            console_url,
+            "--enroll",
+            secret,
+        ],
+    )
+    return port

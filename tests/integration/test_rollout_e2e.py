@@ -11,12 +11,12 @@ from onnx import TensorProto, helper
 
 from billing.models import ApiKey
 from fleet import artifacts
-from fleet.models import EnrollmentToken, ModelVersion, Node
+from fleet.models import ModelVersion, Node
 from fleet.rollout_actions import judge, promote, start_rollout
 from fleet.rollouts import Gates
 from fleet.tasks import grade_version_task, push_desired_task
 from tests.inference.harness import make_model, save
-from tests.integration.conftest import free_port, python, wait_until
+from tests.integration.conftest import serve_enrolled, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,31 +52,10 @@ def fast(settings, tmp_path):
 
 @pytest.fixture
 def agents(live_server, start_process, tmp_path, eu_west, nano, standard, fast):
-    ports = {}
-    for name, node_class in (("fra-nano-1", nano), ("fra-standard-1", standard)):
-        _, secret = EnrollmentToken.issue(node_name=name, region=eu_west, node_class=node_class)
-        (tmp_path / name / "models").mkdir(parents=True)
-        port = free_port()
-        start_process(
-            name,
-            [
-                python(),
-                "-m",
-                "inference",
-                "serve",
-                "--models",
-                str(tmp_path / name / "models"),
-                "--port",
-                str(port),
-                "--state-dir",
-                str(tmp_path / name / "state"),
-                "--console",
-                live_server.url,
-                "--enroll",
-                secret,
-            ],
-        )
-        ports[name] = port
+    ports = {
+        name: serve_enrolled(start_process, live_server.url, tmp_path, name, eu_west, node_class)
+        for name, node_class in (("fra-nano-1", nano), ("fra-standard-1", standard))
+    }
     wait_until(
         lambda: Node.objects.filter(status="online").count() == 2,
         timeout=30,

@@ -244,8 +244,14 @@ class Command(BaseCommand):
                 ",".join(n.endpoint for n in nodes),
                 "--rate",
                 str(options["rate"]),
+                "--console",
+                self.console_url,
             ]
-            supervisor.start(ChildSpec("traffic", argv, cwd=self.root, stage=2))
+            # The tenants call as themselves, with tokens for these keys (in the environment,
+            # not the command line, where any user of the machine could read them).
+            keys = demo_seed.traffic_keys()
+            env = {"OUTPOST_DEMO_TENANT_KEYS": ",".join(f"{s}={k}" for s, k in keys.items())}
+            supervisor.start(ChildSpec("traffic", argv, env=env, cwd=self.root, stage=2))
             story = [PYTHON, "manage.py", "demo_story", "--console", self.console_url]
             supervisor.start(
                 ChildSpec("story", story, env=self._env(), cwd=self.root, stage=3, one_shot=True)
