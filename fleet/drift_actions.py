@@ -232,6 +232,12 @@ def check_version(version: ModelVersion, *, now: datetime | None = None) -> drif
                 update.append("closed_at")
                 log.info("drift alert for %s closed: %s", version, note)
             alert.save(update_fields=update)
+        elif alert is not None and not points:
+            # Nothing reported for minutes: the version no longer serves (rolled back or
+            # replaced), so there is no drift left to watch.
+            alert.closed_at = now
+            alert.save(update_fields=["closed_at"])
+            log.info("drift alert for %s closed: the version no longer reports outputs", version)
     return verdict
 
 

@@ -211,3 +211,12 @@ def test_rolling_back_on_drift_needs_a_soak_long_enough_to_judge_it(churn, setti
     with pytest.raises(RolloutError, match="at least 240 s"):
         start_rollout(v1, soak_s=60, rollback_on_drift=True)
     assert start_rollout(v1, soak_s=240, rollback_on_drift=True).rollback_on_drift
+
+
+def test_an_alert_closes_once_the_version_stops_serving(edge, churn, settings_fast):
+    v1 = make_version(churn, 1)
+    store(edge, v1, window(0, 50, 50), window(1, 90, 10), window(2, 95, 5))
+    check_version(v1, now=T0 + timedelta(minutes=3, seconds=20))
+    assert DriftAlert.objects.open().exists()
+    check_version(v1, now=T0 + timedelta(minutes=30))  # no window for many minutes
+    assert not DriftAlert.objects.open().exists()
