@@ -8,10 +8,18 @@ index,
 
     PSI = Σ (a_i − e_i) · ln(a_i / e_i)
 
-over the bins, with `a` and `e` the shares of rows in each bin now and in the baseline (empty
-bins are floored at `EPSILON` so a class that appears from nowhere counts, but finitely). The
+over the bins either side uses, with `a` and `e` the shares of rows in each bin now and in the
+baseline, each count smoothed by half a row (Jeffreys), so a class that appears from nowhere
+counts, but finitely, and a thin minute's empty bins do not explode the sum. The
 usual reading: under 0.1 no shift, 0.1-0.25 a moderate one, above 0.25 a significant one. For
 several outputs the largest PSI counts.
+
+A PSI measured on samples is biased upwards by sampling noise alone: for small differences it
+is close to a chi-square statistic, so two samples of the *same* distribution over k bins give
+about (k − 1)(1/n_now + 1/n_baseline) on average — 0.5 for 16 classes and 30 rows a minute,
+twice the alert threshold. `summary_psi` subtracts that expected noise (never below 0), so a
+quiet model with many classes does not raise alerts that are only arithmetic; with thousands
+of rows the correction vanishes.
 
 The baseline is the previous version's outputs (over the same recent period when it still
 serves, as in a canary, else its last hour), or for a first version a reference captured
@@ -27,7 +35,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-EPSILON = 1e-4
+# Half a row added to every used bin's count on both sides (Jeffreys smoothing).
+SMOOTHING = 0.5
 CLASSES, VALUES = "classes", "values"
 
 
@@ -116,34 +125,58 @@ def _added(a: Sequence[int], b: Sequence[int]) -> list[int]:
 
 
 def psi(expected: Sequence[int], actual: Sequence[int]) -> float:
-    """Population stability index of `actual` against `expected` (counts per bin)."""
+    """Population stability index of `actual` against `expected` (counts per bin), over the
+    bins either uses, counts smoothed by `SMOOTHING`."""
     size = max(len(expected), len(actual))
-    e_total, a_total = sum(expected), sum(actual)
+    pairs = [
+        (expected[i] if i < len(expected) else 0, actual[i] if i < len(actual) else 0)
+        for i in range(size)
+    ]
+    pairs = [(e, a) for e, a in pairs if e or a]
+    e_total, a_total = sum(e for e, _ in pairs), sum(a for _, a in pairs)
     if not e_total or not a_total:
         return 0.0
+    e_norm = e_total + SMOOTHING * len(pairs)
+    a_norm = a_total + SMOOTHING * len(pairs)
     result = 0.0
-    for i in range(size):
-        e = expected[i] if i < len(expected) else 0
-        a = actual[i] if i < len(actual) else 0
-        if not e and not a:
-            continue
-        e_share = max(e / e_total, EPSILON)
-        a_share = max(a / a_total, EPSILON)
+    for e, a in pairs:
+        e_share = (e + SMOOTHING) / e_norm
+        a_share = (a + SMOOTHING) / a_norm
         result += (a_share - e_share) * math.log(a_share / e_share)
     return result
 
 
+def sampling_noise(expected: Sequence[int], actual: Sequence[int]) -> float:
+    """The PSI two samples of one distribution show on average, from their sizes and the
+    number of bins either uses (see the module docstring)."""
+    size = max(len(expected), len(actual))
+    used = sum(
+        1
+        for i in range(size)
+        if (i < len(expected) and expected[i]) or (i < len(actual) and actual[i])
+    )
+    e_total, a_total = sum(expected), sum(actual)
+    if not e_total or not a_total or used < 2:
+        return 0.0
+    return (used - 1) * (1 / e_total + 1 / a_total)
+
+
+def corrected_psi(expected: Sequence[int], actual: Sequence[int]) -> float:
+    """PSI less its expected sampling noise, never below 0."""
+    return max(0.0, psi(expected, actual) - sampling_noise(expected, actual))
+
+
 def summary_psi(baseline: Summary, current: Summary) -> float | None:
-    """PSI of `current` against `baseline`; None when they cannot be compared (no rows, or
-    different kinds or outputs)."""
+    """Noise-corrected PSI of `current` against `baseline`; None when they cannot be compared
+    (no rows, or different kinds or outputs)."""
     if not baseline.rows or not current.rows or baseline.kind != current.kind:
         return None
     if current.kind == CLASSES:
-        return psi(baseline.classes, current.classes)
+        return corrected_psi(baseline.classes, current.classes)
     common = sorted(set(baseline.values) & set(current.values))
     if not common:
         return None
-    return max(psi(baseline.values[n][0], current.values[n][0]) for n in common)
+    return max(corrected_psi(baseline.values[n][0], current.values[n][0]) for n in common)
 
 
 @dataclass(frozen=True)
@@ -218,7 +251,7 @@ def compared_bins(
     common = sorted(set(baseline.values) & set(current.values))
     if not common:
         return None
-    name = max(common, key=lambda n: psi(baseline.values[n][0], current.values[n][0]))
+    name = max(common, key=lambda n: corrected_psi(baseline.values[n][0], current.values[n][0]))
     labels = value_bin_labels(edges)
     return (
         f"values of output '{name}'",

@@ -107,7 +107,7 @@ def tell(console_url: str, say: Callable[[str], None]) -> None:
                 False,
             ),
             ("v3", broken_classifier(), "deliberately broken", [25, 100], 60, False),
-            ("v4", skewed, "retrained on a skewed sample", [25, 100], drift_soak_s(), True),
+            ("v4", skewed, "retrained on a skewed sample", [50, 100], drift_soak_s(), True),
         ]
         for label, proto, what, steps, soak, on_drift in chapters:
             path = Path(tmp) / f"{MODEL}-{label}.onnx"

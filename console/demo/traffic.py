@@ -48,8 +48,11 @@ GRADE_WEIGHTS = {"tiny": 6.0, "medium": 3.0, "large": 1.0}
 OTHER_WEIGHT = 2.0
 MAX_IN_FLIGHT = 4
 MAX_RATE = 50.0
-# Distinct random bodies per model, built once: enough to vary inputs, cheap to send.
-BODIES_PER_MODEL = 4
+# Distinct random bodies per model, built at each discovery: many for small inputs, so the
+# outputs vary as real traffic's do (drift is measured on them), a few for large ones.
+MAX_BODIES_PER_MODEL = 256
+MIN_BODIES_PER_MODEL = 4
+BODY_ELEMENTS_BUDGET = 65_536
 REPORT_EVERY_S = 30.0
 MAX_BACKOFF_S = 30.0
 # Nodes gain and lose models as deployments roll out: each node's models are looked up again
@@ -128,6 +131,13 @@ def build_infer_request(
             }
         )
     return {"inputs": body_inputs}
+
+
+def bodies_for(metadata: dict) -> int:
+    """How many distinct bodies to build for a model: as many as fit a budget of elements."""
+    elements = sum(math.prod(concrete_shape(s["shape"])) for s in metadata.get("inputs") or [])
+    fitting = BODY_ELEMENTS_BUDGET // max(elements, 1)
+    return max(MIN_BODIES_PER_MODEL, min(MAX_BODIES_PER_MODEL, fitting))
 
 
 def model_weight(name: str) -> float:
@@ -253,7 +263,7 @@ class NodeDriver:
             try:
                 bodies = [
                     json.dumps(build_infer_request(metadata, self.rng)).encode()
-                    for _ in range(BODIES_PER_MODEL)
+                    for _ in range(bodies_for(metadata))
                 ]
             except (UnsupportedModel, KeyError, TypeError) as exc:
                 log(f"{self.label}: skipping model {name}: {exc}")

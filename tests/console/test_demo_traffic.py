@@ -216,3 +216,11 @@ def test_tenant_tokens_come_from_the_console_and_name_their_tenant(live_server, 
     )
     assert claims.tenant == "acme"
     assert tokens.header("ghost") == {} and tokens.header(None) == {}
+
+
+def test_small_models_get_many_distinct_bodies_and_large_ones_a_few():
+    from console.demo.traffic import bodies_for
+
+    assert bodies_for(TINY) == 256
+    image = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 128, 128]}]}
+    assert bodies_for(image) == 4

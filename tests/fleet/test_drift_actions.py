@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
-from fleet.drift import psi
+from fleet.drift import corrected_psi
 from fleet.drift_actions import check_all, check_version, record_windows
 from fleet.models import DriftAlert, DriftWindow, Model, ModelVersion
 from fleet.rollout_actions import judge, promote, start_rollout
@@ -107,7 +107,7 @@ def test_a_first_version_is_compared_with_its_own_first_minute(edge, churn, sett
     check_version(v1, now=T0 + timedelta(minutes=4, seconds=20))
     v1.refresh_from_db()
     assert v1.drift_reference["minute"].startswith("2026-11-26T12:01")  # minute 0 is too thin
-    assert v1.drift_psi == pytest.approx(psi([50, 50], [90, 10]))  # the latest minute
+    assert v1.drift_psi == pytest.approx(corrected_psi([50, 50], [90, 10]))  # the latest
     assert "its own first minute (12:01 UTC)" in v1.drift_note
     assert not DriftAlert.objects.exists()  # one minute above is not sustained
 

@@ -17,6 +17,7 @@ start under one supervisor (console/demo/supervisor.py), each process in its own
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -50,6 +51,7 @@ WORKER_MUTE = re.compile(
 )
 CONSOLE_START_TIMEOUT_S = 60
 NODE_START_TIMEOUT_S = 120
+DEMO_DRIFT = '{"min_rows": 10}'
 DEMO_MODEL = "tiny-classifier"
 
 
@@ -182,6 +184,9 @@ class Command(BaseCommand):
         return {
             "DJANGO_SETTINGS_MODULE": "console.settings",
             "OUTPOST_PUBLIC_URL": self.console_url,
+            # A model gets a few requests a minute from the demo's traffic: judge drift on
+            # minutes of 10 rows (the default, 30, suits real traffic).
+            "OUTPOST_DRIFT": os.environ.get("OUTPOST_DRIFT", DEMO_DRIFT),
         }
 
     def _run(self, supervisor, nodes, enrollment, repositories, options) -> int:
