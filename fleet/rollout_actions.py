@@ -279,7 +279,7 @@ def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
         alert = drift_gate(d)
         if alert is not None and gate.passed:
             gate = rollouts.GateResult(
-                False, True, f"outputs drift ({alert.reason}, against {alert.baseline})"
+                False, True, f"outputs drift from {alert.baseline}'s: {alert.reason}"
             )
         decision, reason = rollouts.decide(
             now=now,

@@ -150,7 +150,7 @@ def test_a_deployment_that_asks_for_it_rolls_back_on_sustained_drift(edge, churn
     canary.refresh_from_db()
     assert canary.state == "rolled_back"
     reason = canary.events.first().reason
-    assert "outputs drift" in reason and "against version 1" in reason
+    assert reason.startswith("health gate failed: outputs drift from version 1's: PSI above")
 
 
 def test_a_deployment_that_does_not_ask_only_alerts(edge, churn, settings_fast):
