@@ -11,8 +11,8 @@ per minute, a summary small enough for the heartbeat (`protocol.OutputWindow`):
 - any other model by, per output (at most `DRIFT_MAX_OUTPUTS`), the mean and a histogram over
   the fixed bounds `protocol.DRIFT_VALUE_EDGES`; non-finite values are skipped.
 
-Counting is vectorised over the whole batch (one `bincount` per output) and runs on the event
-loop when the batch finishes (`inference/batching.py`), so no lock is needed. A window closes
+Counting runs on the event loop when the batch finishes: a small batch is counted in plain
+Python (~1 µs), a large one with one `bincount` per output (`inference/batching.py`), so no lock is needed. A window closes
 when a row of a later minute arrives or when the heartbeat asks for pending windows after its
 minute has passed; closed windows wait in a bounded queue until the console acknowledges
 them (`ack`), and the oldest are dropped when the console is away for long: this is
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_right
 from collections import deque
 from datetime import UTC, datetime
 
@@ -82,22 +83,64 @@ def summary_kind(spec: ModelSpec) -> tuple[str, int | None]:
     return VALUES, None
 
 
-def class_counts(output: np.ndarray, from_scores: bool) -> np.ndarray:
-    """Rows per top class, folded into `_CLASS_BINS` bins (the last takes the rest)."""
+# Up to this many values, counting in Python beats numpy's per-call overhead (a batch of one
+# costs ~1 µs this way against ~8 µs through bincount); larger batches go through numpy.
+_SMALL = 64
+_EDGE_LIST = list(protocol.DRIFT_VALUE_EDGES)
+_OTHER_CLASS = _CLASS_BINS - 1
+
+
+def top_classes(output: np.ndarray, from_scores: bool) -> np.ndarray:
+    """The top class of each row: the label itself, or the argmax of the row's scores."""
     if from_scores:
-        top = np.argmax(output.reshape(output.shape[0], -1), axis=1)
-    else:
-        top = output.reshape(-1).astype(np.int64, copy=False)
-        top = np.where((top < 0) | (top >= _CLASS_BINS - 1), _CLASS_BINS - 1, top)
-    return np.bincount(np.minimum(top, _CLASS_BINS - 1), minlength=_CLASS_BINS)
+        return np.argmax(output.reshape(output.shape[0], -1), axis=1)
+    return output.reshape(-1)
 
 
-def value_histogram(output: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """(counts over the value bins, sum, number of finite values) of one output."""
+def add_class_counts(counts: list[int], output: np.ndarray, from_scores: bool) -> None:
+    """Count each row's top class into `counts` (`_CLASS_BINS` bins; the last takes labels
+    out of range, negative ones included)."""
+    top = top_classes(output, from_scores)
+    if top.size <= _SMALL:
+        for value in top.tolist():
+            counts[value if 0 <= value < _OTHER_CLASS else _OTHER_CLASS] += 1
+        return
+    top = top.astype(np.int64, copy=False)
+    top = np.where((top < 0) | (top >= _OTHER_CLASS), _OTHER_CLASS, top)
+    for i, count in enumerate(np.bincount(top, minlength=_CLASS_BINS).tolist()):
+        counts[i] += count
+
+
+def class_counts(output: np.ndarray, from_scores: bool) -> list[int]:
+    """Rows per top class, folded into `_CLASS_BINS` bins."""
+    counts = [0] * _CLASS_BINS
+    add_class_counts(counts, output, from_scores)
+    return counts
+
+
+def add_values(counts: list[int], output: np.ndarray) -> tuple[float, int]:
+    """Count one output's finite values into the value bins; returns (their sum, how many)."""
     flat = np.asarray(output, dtype=np.float64).reshape(-1)
+    if flat.size <= _SMALL:
+        total, size = 0.0, 0
+        for value in flat.tolist():
+            if math.isfinite(value):
+                counts[bisect_right(_EDGE_LIST, value)] += 1
+                total += value
+                size += 1
+        return total, size
     finite = flat[np.isfinite(flat)]
-    counts = np.bincount(np.searchsorted(_EDGES, finite, side="right"), minlength=_VALUE_BINS)
-    return counts, float(finite.sum()), int(finite.size)
+    binned = np.bincount(np.searchsorted(_EDGES, finite, side="right"), minlength=_VALUE_BINS)
+    for i, count in enumerate(binned.tolist()):
+        counts[i] += count
+    return float(finite.sum()), int(finite.size)
+
+
+def value_histogram(output: np.ndarray) -> tuple[list[int], float, int]:
+    """(counts over the value bins, sum, number of finite values) of one output."""
+    counts = [0] * _VALUE_BINS
+    total, size = add_values(counts, output)
+    return counts, total, size
 
 
 def minute_of(epoch_s: float) -> int:
@@ -110,10 +153,10 @@ class _Window:
     def __init__(self, minute: int, outputs: int) -> None:
         self.minute = minute
         self.rows = 0
-        self.classes = np.zeros(_CLASS_BINS, dtype=np.int64)
+        self.classes = [0] * _CLASS_BINS
         self.sums = [0.0] * outputs
         self.sizes = [0] * outputs
-        self.histograms = [np.zeros(_VALUE_BINS, dtype=np.int64) for _ in range(outputs)]
+        self.histograms = [[0] * _VALUE_BINS for _ in range(outputs)]
 
 
 class OutputSketch:
@@ -140,11 +183,10 @@ class OutputSketch:
             window = self._current = _Window(minute, len(self._names))
         window.rows += rows
         if self.kind == CLASSES:
-            window.classes += class_counts(outputs[self._index], self._from_scores)
+            add_class_counts(window.classes, outputs[self._index], self._from_scores)
             return
         for i, index in enumerate(self._value_indices):
-            counts, total, size = value_histogram(outputs[index])
-            window.histograms[i] += counts
+            total, size = add_values(window.histograms[i], outputs[index])
             window.sums[i] += total
             window.sizes[i] += size
 
@@ -178,17 +220,19 @@ class OutputSketch:
             protocol.ValueSummary(
                 name=name,
                 mean=_finite(window.sums[i] / window.sizes[i]) if window.sizes[i] else 0.0,
-                histogram=window.histograms[i].tolist(),
+                histogram=window.histograms[i],
             )
             for i, name in enumerate(self._names)
         ]
         self._closed.append(protocol.OutputWindow(minute=start, rows=window.rows, values=values))
 
 
-def _trimmed(counts: np.ndarray) -> list[int]:
+def _trimmed(counts: list[int]) -> list[int]:
     """Class counts without trailing empty bins (most classifiers have a handful of classes)."""
-    nonzero = np.flatnonzero(counts)
-    return counts[: int(nonzero[-1]) + 1].tolist() if nonzero.size else []
+    end = len(counts)
+    while end and not counts[end - 1]:
+        end -= 1
+    return counts[:end]
 
 
 def _finite(value: float) -> float:
