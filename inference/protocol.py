@@ -482,3 +482,147 @@ def verify_token(
             "skew); check the clocks of the console and the node"
         )
     return claims
+
+
+# --- policy bundles ---------------------------------------------------------------------------
+#
+# The signed, versioned document every node enforces (DESIGN §4): tenants' policies, the routes
+# to the regions' accelerator pools, prices, per-class thresholds, revoked tokens, a monotonic
+# revision and an expiry. The console compiles it (fleet/bundles.py) and signs the canonical
+# JSON of `PolicyBundle` with its Ed25519 key; the key id travels beside the signature so that
+# nodes can trust the next key before the console switches to it (rotation).
+
+BUNDLE_PATH = "/api/v1/nodes/bundle"
+BUNDLE_PUSH_PATH = "/outpost/bundle"
+# Prices and spend caps travel as decimal strings: JSON numbers are floats to most parsers,
+# and money is never a float.
+DECIMAL_PATTERN = r"^\d{1,12}(\.\d{1,9})?$"
+
+PrivacyMode = Literal["local_only", "in_region", "any"]
+Fallback = Literal["regional", "reject"]
+Quality = Literal["best_effort", "high"]
+BudgetAction = Literal["alert", "downgrade", "block"]
+Serving = Literal["local", "regional"]
+
+
+class TenantRules(WireModel):
+    """One tenant's policy as a node enforces it."""
+
+    slug: str = Field(max_length=50)
+    privacy: PrivacyMode
+    fallback: Fallback
+    quality: Quality
+    max_spend_per_session: str | None = Field(None, pattern=DECIMAL_PATTERN)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    sensitive_fields: list[str] = Field(default_factory=list, max_length=50)
+    on_budget_exhausted: BudgetAction
+    # The monthly budget is spent: the node applies `on_budget_exhausted` (downgrade: local
+    # only, cheapest grade; block: 402).
+    budget_exhausted: bool = False
+    # Refuse this tenant's requests when the node's bundle is older than this (fail closed).
+    fail_closed_after_s: int | None = Field(None, ge=1)
+    # The residency zone the tenant's data must stay in (e.g. EU); None: not bound.
+    residency_zone: str | None = Field(None, max_length=10)
+
+
+class PoolNode(WireModel):
+    uid: str
+    endpoint: str = Field(max_length=500)
+
+
+class Route(WireModel):
+    """Where a node of `region` may offload a tenant's request: `pools` in order (its own
+    region's accelerator pool first, then the fallbacks), already cut to what the tenant's
+    privacy and residency allow."""
+
+    tenant: str
+    region: str
+    pools: list[str] = Field(default_factory=list, description="Region codes of the pools")
+
+
+class Pool(WireModel):
+    region: str
+    residency_zone: str
+    nodes: list[PoolNode] = Field(default_factory=list)
+
+
+class PriceRow(WireModel):
+    grade: Grade
+    serving: Serving
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    per_1000: str = Field(pattern=DECIMAL_PATTERN)
+
+
+class ClassThresholds(WireModel):
+    node_class: str
+    thermal_envelope_c: float | None = None
+    # The most one grade's inferences may cost to serve on this class, per 1,000.
+    cost_ceilings: dict[str, str] = Field(default_factory=dict)
+
+
+class PolicyBundle(WireModel):
+    revision: int = Field(ge=1)
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    tenants: list[TenantRules] = Field(default_factory=list)
+    pools: list[Pool] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    prices: list[PriceRow] = Field(default_factory=list)
+    thresholds: list[ClassThresholds] = Field(default_factory=list)
+    revoked_tokens: list[str] = Field(default_factory=list, description="Token ids")
+
+
+class SignedBundle(ConsoleMessage):
+    bundle: PolicyBundle
+    key_id: str
+    signature: str = Field(description="Ed25519 over canonical_json(bundle), base64")
+
+
+class BundleError(Exception):
+    """A bundle a node must not activate; the message says why."""
+
+
+def bundle_payload(bundle: PolicyBundle) -> bytes:
+    return canonical_json(bundle.model_dump(mode="json"))
+
+
+def sign_bundle(key: Ed25519PrivateKey, bundle: PolicyBundle) -> SignedBundle:
+    return SignedBundle(
+        bundle=bundle,
+        key_id=key_id(key.public_key()),
+        signature=sign(key, bundle_payload(bundle)),
+    )
+
+
+def verify_bundle(
+    signed: SignedBundle,
+    keys: dict[str, Ed25519PublicKey] | Ed25519PublicKey,
+    *,
+    now: datetime,
+    current_revision: int | None = None,
+) -> PolicyBundle:
+    """The bundle, if a node may activate it: signed by a key it trusts, unaltered, not
+    expired, and not older than the revision it enforces. Raises BundleError otherwise."""
+    if isinstance(keys, Ed25519PublicKey):
+        keys = {key_id(keys): keys}
+    key = keys.get(signed.key_id)
+    if key is None:
+        trusted = ", ".join(sorted(keys)) or "none"
+        raise BundleError(
+            f"bundle {signed.bundle.revision} is signed by key {signed.key_id}, which this "
+            f"node does not trust (it trusts: {trusted})"
+        )
+    if not verify(key, bundle_payload(signed.bundle), signed.signature):
+        raise BundleError(
+            f"bundle {signed.bundle.revision}: the signature does not verify — the bundle was "
+            "altered or not signed by that key"
+        )
+    bundle = signed.bundle
+    if now >= bundle.expires_at:
+        raise BundleError(f"bundle {bundle.revision} expired at {bundle.expires_at.isoformat()}")
+    if current_revision is not None and bundle.revision < current_revision:
+        raise BundleError(
+            f"bundle {bundle.revision} is older than revision {current_revision}, which this "
+            "node enforces: a lower revision is never activated"
+        )
+    return bundle
