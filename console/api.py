@@ -7,7 +7,9 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from billing.api import tokens_router
+from billing.prices_api import prices_router
 from fleet.api import deployments_router, fleet_router, models_router, node_router
+from fleet.policy_api import policy_router
 
 api = NinjaAPI(
     title="Outpost API",
@@ -51,3 +53,5 @@ api.add_router("/fleet", fleet_router)
 api.add_router("/models", models_router)
 api.add_router("/deployments", deployments_router)
 api.add_router("/tokens", tokens_router)
+api.add_router("/prices", prices_router)
+api.add_router("/policy", policy_router)

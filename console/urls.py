@@ -4,7 +4,7 @@ from django.urls import include, path
 
 from console import views
 from console.api import api
-from fleet import deployment_urls
+from fleet import deployment_urls, policy_urls
 from fleet.registry_urls import operator_urlpatterns, portal_urlpatterns
 
 urlpatterns = [
@@ -13,8 +13,12 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("fleet/models/", include((operator_urlpatterns, "registry"))),
     path("fleet/deployments/", include(deployment_urls)),
+    path("fleet/policies/", include(policy_urls)),
     path("fleet/", include("fleet.urls")),
     path("portal/<slug:tenant>/models/", include((portal_urlpatterns, "portal_models"))),
+    path(
+        "portal/<slug:tenant>/policy/", include((policy_urls.portal_urlpatterns, "portal_policy"))
+    ),
     path("portal/", include("billing.urls")),
     path("finance/", include("billing.finance_urls")),
     path("api/v1/", api.urls),

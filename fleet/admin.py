@@ -1,16 +1,20 @@
 from django.contrib import admin
 
 from fleet.models import (
+    AcceleratorPool,
     Deployment,
     DeploymentEvent,
     EnrollmentToken,
+    FleetSettingChange,
     Model,
     ModelVersion,
     Node,
     NodeClass,
     NodeSample,
     NodeStatusChange,
+    PolicyChange,
     Region,
+    TenantPolicy,
 )
 
 
@@ -34,6 +38,8 @@ class NodeClassAdmin(admin.ModelAdmin):
         "has_gpu",
         "hourly_cost",
     ]
+    # Thresholds change on /fleet/policies/, where every change is audited.
+    readonly_fields = ["thermal_envelope_c", "cost_ceilings"]
 
 
 class NodeStatusChangeInline(admin.TabularInline):
@@ -147,3 +153,57 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Policies, pools and their histories are read here; they change on /fleet/policies/ and
+    in the tenants' portal (fleet.policies), which validate and audit every change."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TenantPolicy)
+class TenantPolicyAdmin(ReadOnlyAdmin):
+    list_display = [
+        "tenant",
+        "privacy_mode",
+        "fallback",
+        "quality",
+        "max_spend_per_session",
+        "on_budget_exhausted",
+        "fail_closed_after_s",
+        "revision",
+        "updated_at",
+    ]
+    list_filter = ["privacy_mode", "fallback", "quality", "on_budget_exhausted"]
+    list_select_related = ["tenant"]
+    search_fields = ["tenant__slug", "tenant__name"]
+
+
+@admin.register(PolicyChange)
+class PolicyChangeAdmin(ReadOnlyAdmin):
+    list_display = ["tenant", "revision", "at", "actor_kind", "actor", "api_key_prefix", "summary"]
+    list_filter = ["actor_kind"]
+    list_select_related = ["tenant", "actor"]
+    search_fields = ["tenant__slug", "summary"]
+    date_hierarchy = "at"
+
+
+@admin.register(AcceleratorPool)
+class AcceleratorPoolAdmin(ReadOnlyAdmin):
+    list_display = ["region", "name", "updated_at"]
+    list_select_related = ["region"]
+
+
+@admin.register(FleetSettingChange)
+class FleetSettingChangeAdmin(ReadOnlyAdmin):
+    list_display = ["at", "kind", "subject", "actor", "summary"]
+    list_filter = ["kind"]
+    list_select_related = ["actor"]

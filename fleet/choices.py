@@ -68,3 +68,78 @@ DEPLOYMENT_BADGE = {
     DeploymentState.COMPLETED: "success",
     DeploymentState.ROLLED_BACK: "danger",
 }
+
+
+# --- tenant policies (fleet.models.policies) ---------------------------------------------------
+
+
+class PrivacyMode(models.TextChoices):
+    """Where a tenant's requests may be served (DESIGN.md §3)."""
+
+    LOCAL_ONLY = "local_only", "Local only"
+    IN_REGION = "in_region", "In region"
+    ANY = "any", "Any region"
+
+
+class Fallback(models.TextChoices):
+    """What a node does with a request it cannot serve itself."""
+
+    REGIONAL = "regional", "Offload to the regional pool"
+    REJECT = "reject", "Reject the request"
+
+
+class QualityObjective(models.TextChoices):
+    BEST_EFFORT = "best_effort", "Best effort"
+    HIGH = "high", "High"
+
+
+class BudgetAction(models.TextChoices):
+    """What happens once the tenant's monthly budget is spent (DESIGN.md §6)."""
+
+    ALERT = "alert", "Alert only"
+    DOWNGRADE = "downgrade", "Downgrade"
+    BLOCK = "block", "Block"
+
+
+# What each choice means, for the portal's help texts and the operator page's tooltips.
+PRIVACY_HELP = {
+    PrivacyMode.LOCAL_ONLY: "Requests are served on the node that received them, never elsewhere.",
+    PrivacyMode.IN_REGION: "Requests may move to another node of the same region, never out of it.",
+    PrivacyMode.ANY: "Requests may be served in any region.",
+}
+FALLBACK_HELP = {
+    Fallback.REGIONAL: "When the node cannot serve a request (model not there, too hot, too "
+    "costly, busy), it goes to the region's accelerator pool.",
+    Fallback.REJECT: "When the node cannot serve a request, it is refused.",
+}
+QUALITY_HELP = {
+    QualityObjective.BEST_EFFORT: "Serve where it is cheapest within the latency band.",
+    QualityObjective.HIGH: "Prefer the regional accelerator pool when it serves a model better "
+    "than the local node; such offloads are charged at the regional price.",
+}
+BUDGET_ACTION_HELP = {
+    BudgetAction.ALERT: "Keep serving as before; the tenant is alerted.",
+    BudgetAction.DOWNGRADE: "Serve locally only, on the cheapest grade.",
+    BudgetAction.BLOCK: "Refuse requests (HTTP 402 on the node) until the next month.",
+}
+
+PRIVACY_BADGE = {
+    PrivacyMode.LOCAL_ONLY: "dark",
+    PrivacyMode.IN_REGION: "primary",
+    PrivacyMode.ANY: "light border",
+}
+
+
+class PolicyActorKind(models.TextChoices):
+    """Who changed a tenant's policy, as its history shows it."""
+
+    MEMBER = "member", "Member"
+    OPERATOR = "operator", "Operator"
+    API_KEY = "api_key", "API key"
+
+
+class SettingKind(models.TextChoices):
+    """What an operator's change of fleet settings was about (fleet.models.FleetSettingChange)."""
+
+    NODE_CLASS = "node_class", "Node class"
+    ACCELERATOR_POOL = "accelerator_pool", "Accelerator pool"

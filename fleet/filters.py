@@ -6,8 +6,8 @@ import django_filters
 from django.db.models import Q, QuerySet
 
 from billing.models import Tenant
-from fleet.choices import DeploymentState, Grade, NodeStatus, VersionStatus
-from fleet.models import Deployment, Model, ModelVersion, Node, NodeClass, Region
+from fleet.choices import DeploymentState, Grade, NodeStatus, PrivacyMode, VersionStatus
+from fleet.models import Deployment, Model, ModelVersion, Node, NodeClass, Region, TenantPolicy
 
 
 class NodeFilterSet(django_filters.FilterSet):
@@ -147,3 +147,29 @@ class DeploymentFilterSet(django_filters.FilterSet):
         else:
             queryset = queryset.filter(version__model__owner__isnull=True)
         return queryset.filter(version__model__name=model_name)
+
+
+class TenantPolicyFilterSet(django_filters.FilterSet):
+    """Filters the operator's list of tenant policies by tenant and privacy mode."""
+
+    q = django_filters.CharFilter(method="search", label="Tenant")
+    privacy_mode = django_filters.ChoiceFilter(
+        choices=PrivacyMode.choices, empty_label="Any privacy mode", label="Privacy mode"
+    )
+
+    class Meta:
+        model = TenantPolicy
+        fields = ["q", "privacy_mode"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.form.fields["q"].widget.attrs.update(
+            {"class": "form-control", "placeholder": "Slug or name", "type": "search"}
+        )
+        self.form.fields["privacy_mode"].widget.attrs["class"] = "form-select"
+
+    def search(self, queryset: QuerySet[TenantPolicy], name: str, value: str):
+        value = value.strip()
+        if not value:
+            return queryset
+        return queryset.filter(Q(tenant__slug__icontains=value) | Q(tenant__name__icontains=value))

@@ -8,13 +8,44 @@ from datetime import timedelta
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from billing.models import Tenant
 from fleet import artifacts
 from fleet.actions import register_model_version
-from fleet.choices import PinSide, Strategy, VersionStatus
+from fleet.choices import (
+    BUDGET_ACTION_HELP,
+    FALLBACK_HELP,
+    PRIVACY_HELP,
+    QUALITY_HELP,
+    BudgetAction,
+    Fallback,
+    Grade,
+    PinSide,
+    PolicyActorKind,
+    PrivacyMode,
+    QualityObjective,
+    Strategy,
+    VersionStatus,
+)
 from fleet.grading import format_bytes
-from fleet.models import Deployment, EnrollmentToken, ModelVersion, Node, NodeClass, Region
+from fleet.models import (
+    AcceleratorPool,
+    Deployment,
+    EnrollmentToken,
+    ModelVersion,
+    Node,
+    NodeClass,
+    Region,
+    TenantPolicy,
+)
+from fleet.models.policies import MAX_SENSITIVE_FIELDS, TENANT_FIELDS
+from fleet.policies import (
+    StalePolicy,
+    set_accelerator_pool,
+    set_node_class_thresholds,
+    update_policy,
+)
 from fleet.rollout_actions import RolloutError, start_rollout
 from fleet.rollouts import Gates, parse_steps
 from inference.protocol import SIGNAL_TYPES
@@ -391,3 +422,261 @@ class PinForm(BootstrapForm):
                 else []
             ),
         ]
+
+
+# --- tenant policies and fleet thresholds (fleet.policy_views) ----------------------------------
+#
+# These forms only parse what a browser sends; the rules are fleet.models.policies', applied by
+# the actions of fleet.policies (the API's too), whose refusals are shown on the fields.
+
+
+def add_validation_errors(
+    form: forms.Form, exc: ValidationError, rename: dict[str, str] | None = None
+) -> None:
+    """Show an action's ValidationError on the form: each key on the field of that name (or
+    `rename[key]`), marked invalid like BootstrapForm marks its own; the rest above the form."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc.messages)
+        return
+    for key, messages in exc.message_dict.items():
+        name = (rename or {}).get(key, key)
+        if name in form.fields:
+            form.add_error(name, messages)
+            widget = form.fields[name].widget
+            widget.attrs["class"] = f"{widget.attrs.get('class', '')} is-invalid".strip()
+            widget.attrs["aria-invalid"] = "true"
+        else:
+            form.add_error(None, messages)
+
+
+class PolicyForm(BootstrapForm):
+    """A tenant's policy, in its portal. `revision` is the one the page showed: saving over a
+    change made meanwhile (by a colleague, an API key, an operator) is refused, not lost."""
+
+    revision = forms.IntegerField(widget=forms.HiddenInput)
+    privacy_mode = forms.ChoiceField(
+        label="Privacy mode",
+        choices=PrivacyMode.choices,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+    )
+    fallback = forms.ChoiceField(
+        label="Fallback",
+        choices=Fallback.choices,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+    )
+    quality = forms.ChoiceField(
+        label="Quality objective",
+        choices=QualityObjective.choices,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+    )
+    max_spend_per_session = forms.CharField(
+        required=False,
+        label="Max spend per session",
+        help_text="The most one session (X-Session-Id) may cost, e.g. 0.50. Empty: no limit.",
+    )
+    sensitive_fields = forms.CharField(
+        required=False,
+        label="Sensitive fields",
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        help_text="Request parameters the node tokenises before anything leaves it, e.g. "
+        f"customer_id, email. Commas or spaces between them; at most {MAX_SENSITIVE_FIELDS}.",
+    )
+    on_budget_exhausted = forms.ChoiceField(
+        label="When the monthly budget is spent",
+        choices=BudgetAction.choices,
+        widget=forms.RadioSelect(attrs={"class": "form-check-input"}),
+    )
+
+    # Each choice's meaning, shown under it (fleet.choices).
+    CHOICE_HELP = {
+        "privacy_mode": PRIVACY_HELP,
+        "fallback": FALLBACK_HELP,
+        "quality": QUALITY_HELP,
+        "on_budget_exhausted": BUDGET_ACTION_HELP,
+    }
+
+    def __init__(self, *args, policy: TenantPolicy, **kwargs) -> None:
+        values = policy.snapshot()
+        kwargs.setdefault(
+            "initial",
+            {
+                **values,
+                "revision": policy.revision,
+                "max_spend_per_session": values["max_spend_per_session"] or "",
+                "sensitive_fields": ", ".join(values["sensitive_fields"]),
+            },
+        )
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+        self.fields[
+            "max_spend_per_session"
+        ].label = f"Max spend per session ({policy.tenant.currency})"
+        self.fields["max_spend_per_session"].widget.attrs.update(
+            {"inputmode": "decimal", "placeholder": "no limit"}
+        )
+        self.fields["sensitive_fields"].widget.attrs["placeholder"] = "customer_id, email"
+
+    @property
+    def choice_groups(self) -> dict[str, tuple[forms.BoundField, list[tuple[object, str]]]]:
+        """Each choice field with its radios and what each means, for the template."""
+        return {
+            name: (
+                self[name],
+                [(radio, helps.get(radio.data["value"], "")) for radio in self[name]],
+            )
+            for name, helps in self.CHOICE_HELP.items()
+        }
+
+    def clean_sensitive_fields(self) -> list[str]:
+        return [
+            name for name in re.split(r"[\s,;]+", self.cleaned_data["sensitive_fields"]) if name
+        ]
+
+    def save(self, *, actor) -> TenantPolicy | None:
+        """Apply the edit as the member `actor`; None when refused, with the reasons on the
+        form. A refusal because the policy changed meanwhile moves the form onto the current
+        revision, so that saving again applies these values over it."""
+        changes = {name: self.cleaned_data[name] for name in TENANT_FIELDS}
+        try:
+            return update_policy(
+                self.policy.tenant,
+                changes,
+                actor=actor,
+                actor_kind=PolicyActorKind.MEMBER,
+                expected_revision=self.cleaned_data["revision"],
+            )
+        except StalePolicy as exc:
+            self.data = self.data.copy()
+            self.data["revision"] = str(exc.policy.revision)
+            self.add_error(
+                None,
+                f"Someone changed the policy (now revision {exc.policy.revision}) while you "
+                "were editing it. The current policy is shown; your values are still in the "
+                "form: save again to apply them over it.",
+            )
+        except ValidationError as exc:
+            add_validation_errors(self, exc)
+        return None
+
+
+class FailClosedForm(BootstrapForm):
+    """An operator's per-tenant choice: nodes refuse the tenant's requests when the bundle
+    they hold is older than this."""
+
+    fail_closed_after_s = forms.IntegerField(
+        required=False,
+        label="Fail closed after (s)",
+        help_text="Empty: keep serving with an old bundle.",
+    )
+
+    def save(self, tenant: Tenant, *, actor) -> TenantPolicy | None:
+        try:
+            return update_policy(
+                tenant,
+                {"fail_closed_after_s": self.cleaned_data["fail_closed_after_s"]},
+                actor=actor,
+                actor_kind=PolicyActorKind.OPERATOR,
+            )
+        except ValidationError as exc:
+            add_validation_errors(self, exc)
+            return None
+
+
+class NodeClassThresholdsForm(BootstrapForm):
+    """A node class's thermal envelope and cost ceilings per grade (fleet.policies.
+    set_node_class_thresholds). Prefixed by the class, as the page shows one per class."""
+
+    thermal_envelope_c = forms.CharField(
+        required=False,
+        label="Thermal envelope (°C)",
+        help_text="Above it, a node of this class offloads instead of serving. Empty: no limit.",
+    )
+
+    def __init__(self, *args, node_class: NodeClass, **kwargs) -> None:
+        kwargs.setdefault("prefix", f"class-{node_class.name}")
+        envelope = node_class.thermal_envelope_c
+        kwargs.setdefault(
+            "initial",
+            {
+                "thermal_envelope_c": "" if envelope is None else format(envelope.normalize(), "f"),
+                **{f"ceiling_{g}": node_class.cost_ceilings.get(g, "") for g in Grade.values},
+            },
+        )
+        super().__init__(*args, **kwargs)
+        self.node_class = node_class
+        for grade in Grade.values:
+            field = forms.CharField(
+                required=False,
+                label=f"Ceiling, {grade} ({node_class.currency} / 1,000)",
+                widget=forms.TextInput(
+                    attrs={"class": "form-control", "inputmode": "decimal", "placeholder": "none"}
+                ),
+            )
+            self.fields[f"ceiling_{grade}"] = field
+        self.fields["thermal_envelope_c"].widget.attrs.update(
+            {"inputmode": "decimal", "placeholder": "no limit"}
+        )
+
+    def ceiling_fields(self) -> list[forms.BoundField]:
+        return [self[f"ceiling_{grade}"] for grade in Grade.values]
+
+    def save(self, *, actor) -> NodeClass | None:
+        data = self.cleaned_data
+        try:
+            return set_node_class_thresholds(
+                self.node_class,
+                thermal_envelope_c=data["thermal_envelope_c"],
+                cost_ceilings={g: data[f"ceiling_{g}"] for g in Grade.values},
+                actor=actor,
+            )
+        except ValidationError as exc:
+            add_validation_errors(
+                self, exc, {f"cost_ceilings.{g}": f"ceiling_{g}" for g in Grade.values}
+            )
+            return None
+
+
+class AcceleratorPoolForm(BootstrapForm):
+    """A region's accelerator pool: its name and nodes. The boxes offered are the region's
+    accelerator nodes (`candidates`); any node may be sent, and fleet.policies.
+    set_accelerator_pool says why one that is not the region's accelerator is refused."""
+
+    name = forms.CharField(max_length=100, label="Pool name")
+    nodes = forms.ModelMultipleChoiceField(
+        queryset=Node.objects.all(),
+        to_field_name="uid",
+        required=False,
+        label="Nodes",
+        widget=forms.CheckboxSelectMultiple(attrs={"class": "form-check-input"}),
+        error_messages={"invalid_choice": "There is no node “%(value)s”."},
+        help_text="The region's accelerator nodes; none ticked: the region has nowhere to "
+        "offload to.",
+    )
+
+    def __init__(
+        self, *args, region: Region, pool: AcceleratorPool | None, candidates: list[Node], **kwargs
+    ) -> None:
+        kwargs.setdefault("prefix", f"pool-{region.code}")
+        kwargs.setdefault(
+            "initial",
+            {
+                "name": pool.name if pool else f"{region.name} accelerators",
+                "nodes": [node.uid for node in pool.nodes.all()] if pool else [],
+            },
+        )
+        super().__init__(*args, **kwargs)
+        self.region = region
+        # What is offered, without a query: the validation reads the queryset (every node).
+        self.fields["nodes"].widget.choices = [(node.uid, node.name) for node in candidates]
+
+    def save(self, *, actor) -> AcceleratorPool | None:
+        try:
+            return set_accelerator_pool(
+                self.region,
+                name=self.cleaned_data["name"],
+                nodes=self.cleaned_data["nodes"],
+                actor=actor,
+            )
+        except ValidationError as exc:
+            add_validation_errors(self, exc)
+            return None

@@ -11,15 +11,18 @@ from django.db.models import F, QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
-from django_tables2 import A, Column, Table
+from django_tables2 import A, Column, Table, TemplateColumn
 
 from fleet.choices import (
     DEPLOYMENT_BADGE,
+    PRIVACY_BADGE,
+    PRIVACY_HELP,
     STATUS_BADGE,
     VERSION_BADGE,
     DeploymentState,
     Grade,
     NodeStatus,
+    PolicyActorKind,
     VersionStatus,
 )
 from fleet.grading import format_bytes
@@ -27,10 +30,14 @@ from fleet.models import (
     Deployment,
     DeploymentEvent,
     EnrollmentToken,
+    FleetSettingChange,
     ModelVersion,
     Node,
     NodeStatusChange,
+    PolicyChange,
+    TenantPolicy,
 )
+from fleet.models.policies import format_amount
 
 TEMPLATE = "django_tables2/bootstrap5-responsive.html"
 
@@ -541,3 +548,181 @@ class DeploymentEventTable(Table):
         if record.actor_id is None:
             return format_html('<span class="text-body-secondary">{}</span>', "automatic")
         return format_html("{}", record.actor.get_username())
+
+
+# --- tenant policies and fleet settings (fleet.policy_views) ----------------------------------
+
+
+def privacy_badge(mode: str) -> SafeString:
+    return format_html(
+        '<span class="badge text-bg-{}" title="{}">{}</span>',
+        PRIVACY_BADGE.get(mode, "secondary"),
+        PRIVACY_HELP.get(mode, ""),
+        mode,
+    )
+
+
+def amount_with_currency(amount, currency: str) -> SafeString:
+    if amount is None:
+        return format_html('<span class="text-body-secondary">{}</span>', "no limit")
+    return format_html("{} {}", format_amount(amount), currency)
+
+
+def field_list(names: list[str]) -> SafeString:
+    if not names:
+        return format_html('<span class="text-body-secondary">{}</span>', "—")
+    return format_html_join(" ", "<code>{}</code>", ((name,) for name in names))
+
+
+class TenantPolicyTable(Table):
+    """Every tenant's policy on the operator page, with the operator's own setting (fail
+    closed) as a form in its cell. Cells read the row and its joined tenant and editor."""
+
+    tenant = Column(
+        accessor="tenant__slug",
+        order_by="tenant__slug",
+        verbose_name="Tenant",
+        attrs={"td": {"class": "fw-semibold text-nowrap"}},
+    )
+    privacy_mode = Column(verbose_name="Privacy")
+    fallback = Column()
+    quality = Column(verbose_name="Quality")
+    max_spend_per_session = Column(
+        verbose_name="Max spend / session",
+        empty_values=(),
+        attrs={"td": {"class": "num text-end text-nowrap"}, "th": {"class": "num text-end"}},
+    )
+    sensitive_fields = Column(verbose_name="Sensitive fields", orderable=False)
+    on_budget_exhausted = Column(verbose_name="Budget spent")
+    fail_closed_after_s = TemplateColumn(
+        template_name="fleet/policies/_fail_closed_cell.html",
+        verbose_name="Fail closed after (s)",
+        attrs={"td": {"style": "min-width: 11rem"}},
+    )
+    revision = NumberColumn()
+    updated_at = Column(verbose_name="Changed", attrs={"td": {"class": "text-nowrap"}})
+
+    class Meta:
+        model = TenantPolicy
+        template_name = TEMPLATE
+        fields = ()
+        attrs = {"class": "table table-sm table-hover align-middle mb-0"}
+        empty_text = "No tenant matches these filters."
+        order_by = ("tenant",)
+        row_attrs = {"id": lambda record: f"tenant-{record.tenant.slug}"}
+
+    def render_tenant(self, record: TenantPolicy) -> SafeString:
+        return format_html(
+            '{} <span class="small text-body-secondary fw-normal">{}</span>',
+            record.tenant.slug,
+            record.tenant.name,
+        )
+
+    # django-tables2 hands render_* the choice's label; the words of the policy are the values.
+    def render_privacy_mode(self, record: TenantPolicy) -> SafeString:
+        return privacy_badge(record.privacy_mode)
+
+    def render_fallback(self, record: TenantPolicy) -> str:
+        return record.fallback
+
+    def render_quality(self, record: TenantPolicy) -> str:
+        return record.quality
+
+    def render_on_budget_exhausted(self, record: TenantPolicy) -> str:
+        return record.on_budget_exhausted
+
+    def render_max_spend_per_session(self, record: TenantPolicy) -> SafeString:
+        return amount_with_currency(record.max_spend_per_session, record.tenant.currency)
+
+    def render_sensitive_fields(self, value: list[str]) -> SafeString:
+        return field_list(value)
+
+    def render_revision(self, value: int) -> str:
+        return f"r{value}"
+
+    def render_updated_at(self, record: TenantPolicy) -> SafeString:
+        return history_time(record.updated_at)
+
+
+def policy_actor(change: PolicyChange, *, name_operators: bool) -> SafeString:
+    """Who made a change: a member by name, an API key by its prefix and name, an operator
+    by name on the operator's pages and as "the provider" in the tenant's portal."""
+    if change.actor_kind == PolicyActorKind.API_KEY:
+        label = change.api_key.name if change.api_key_id else "deleted key"
+        return format_html(
+            'API key <code>{}…</code> <span class="text-body-secondary">{}</span>',
+            change.api_key_prefix,
+            label,
+        )
+    if change.actor_kind == PolicyActorKind.OPERATOR:
+        if name_operators and change.actor_id:
+            return format_html(
+                "{} <span class='badge text-bg-secondary'>operator</span>",
+                change.actor.get_username(),
+            )
+        return format_html('<span class="text-body-secondary">{}</span>', "the provider")
+    if change.actor_id is None:
+        return format_html('<span class="text-body-secondary">{}</span>', "a former member")
+    return format_html("{}", change.actor.get_username())
+
+
+class PolicyChangeTable(Table):
+    """A policy's history, newest first: in the tenant's portal (without the tenant column)
+    and, across tenants, on the operator page. Rows need their actor and API key joined."""
+
+    at = Column(verbose_name="When (UTC)")
+    tenant = Column(accessor="tenant__slug", verbose_name="Tenant")
+    revision = NumberColumn()
+    actor = Column(empty_values=(), verbose_name="Who")
+    summary = Column(verbose_name="What changed")
+
+    class Meta:
+        template_name = TEMPLATE
+        attrs = {"class": "table table-sm align-middle mb-0"}
+        orderable = False
+        empty_text = "No changes yet: the policy has its defaults."
+
+    def __init__(self, *args, operator_view: bool = False, **kwargs) -> None:
+        if not operator_view:
+            kwargs.setdefault("exclude", ("tenant",))
+        super().__init__(*args, **kwargs)
+        self.operator_view = operator_view
+
+    def render_at(self, value) -> SafeString:
+        return history_time(value)
+
+    def render_revision(self, value: int) -> str:
+        return f"r{value}"
+
+    def render_actor(self, record: PolicyChange) -> SafeString:
+        return policy_actor(record, name_operators=self.operator_view)
+
+    def render_summary(self, value: str) -> SafeString:
+        return format_html('<span class="font-monospace small">{}</span>', value)
+
+
+class FleetSettingChangeTable(Table):
+    """The operators' changes of node class thresholds and accelerator pools, newest first."""
+
+    at = Column(verbose_name="When (UTC)")
+    kind = Column(verbose_name="What")
+    subject = Column(verbose_name="Of")
+    actor = Column(empty_values=(), verbose_name="Who")
+    summary = Column(verbose_name="What changed")
+
+    class Meta:
+        template_name = TEMPLATE
+        attrs = {"class": "table table-sm align-middle mb-0"}
+        orderable = False
+        empty_text = "No changes yet."
+
+    def render_at(self, value) -> SafeString:
+        return history_time(value)
+
+    def render_actor(self, record: FleetSettingChange) -> SafeString:
+        if record.actor_id is None:
+            return format_html('<span class="text-body-secondary">{}</span>', "seeded")
+        return format_html("{}", record.actor.get_username())
+
+    def render_summary(self, value: str) -> SafeString:
+        return format_html('<span class="font-monospace small">{}</span>', value)

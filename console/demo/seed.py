@@ -1,5 +1,6 @@
 """The demo's data: who logs in, where the fleet is, what its machines cost, who the tenants are,
-and the enrollment tokens of demo nodes that have not joined yet.
+what inference costs (the price book), and the enrollment tokens of demo nodes that have not
+joined yet.
 
 Seeding is idempotent: it creates what is missing and never overwrites what an operator may
 have changed since (a node class's cost, a tenant's name). The exceptions are the demo logins,
@@ -14,15 +15,17 @@ import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.utils import timezone
 
 from billing.choices import MemberRole
-from billing.models import ApiKey, Membership, Tenant
+from billing.models import ApiKey, Membership, Price, Tenant
 from billing.roles import FINANCE_GROUP
 from fleet.models import EnrollmentToken, Node, NodeClass, Region
 from inference.agent import IDENTITY_FILE, IdentityError, load_identity
@@ -147,6 +150,23 @@ TENANTS = (
     {"slug": "nakamura", "name": "Nakamura Robotics", "time_zone": "Asia/Tokyo", "currency": "JPY"},
 )
 
+# The demo's price book, EUR per 1,000 inferences by (grade, serving). Illustrative figures,
+# not a market survey: they keep the shape a provider would want (a large model costs ~40× a
+# tiny one, like its hardware; regional serving is ~50 % dearer than local, the premium a
+# quality credit returns). Operators change them at /finance/prices/.
+PRICES = {
+    ("tiny", "local"): Decimal("0.05"),
+    ("tiny", "regional"): Decimal("0.08"),
+    ("medium", "local"): Decimal("0.40"),
+    ("medium", "regional"): Decimal("0.60"),
+    ("large", "local"): Decimal("2.00"),
+    ("large", "regional"): Decimal("3.00"),
+}
+PRICE_CURRENCY = "EUR"
+# One scheduled change from the 1st of next month, so the demo shows versioning.
+SCHEDULED_PRICE = (("large", "regional"), Decimal("2.70"), "demo: more regional GPU capacity")
+
+
 # The order demo nodes are added in: the first four are two per region with mixed classes;
 # beyond that (`manage.py demo --nodes N`) the pattern repeats.
 NODE_PATTERN = (
@@ -239,7 +259,7 @@ def seed(
     token_root: Path,
     first_port: int = FIRST_NODE_PORT,
 ) -> SeedReport:
-    """Create the demo's accounts, fleet and tenants, and make sure every demo node can start.
+    """Create the demo's accounts, fleet, tenants and prices, and make sure every demo node can start.
 
     `state_root/<node>` is each agent's state directory; `token_root/<node>.token` keeps the
     secret of a token issued for a node that has not enrolled yet, so that a second run (or a
@@ -250,6 +270,7 @@ def seed(
         _seed_regions(report)
         _seed_node_classes(report)
         _seed_tenants(report)
+        seed_prices(report)
         users = _seed_logins(report)
         report.enrollment = _prepare_enrollment(
             demo_nodes(node_count, first_port=first_port),
@@ -258,6 +279,7 @@ def seed(
             issued_by=users["operator"],
             report=report,
         )
+        seed_policies(report)
     return report
 
 
@@ -290,6 +312,32 @@ def _seed_tenants(report: SeedReport) -> None:
         tenant, created = Tenant.objects.get_or_create(slug=fields.pop("slug"), defaults=fields)
         if created:
             report.note(f"created tenant {tenant.slug} ({tenant.name})")
+
+
+def seed_prices(report: SeedReport, *, now: datetime | None = None) -> None:
+    """The demo prices from the start of this month (UTC), and the scheduled change from the
+    1st of next month. A (grade, serving) that already has any EUR price is left alone: the
+    price book is the operators' once it exists, and a run in a later month adds nothing."""
+    now = now or timezone.now()
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    (scheduled_key, scheduled_price, scheduled_note) = SCHEDULED_PRICE
+    for (grade, serving), per_1000 in PRICES.items():
+        key = {"grade": grade, "serving": serving, "currency": PRICE_CURRENCY}
+        if Price.objects.filter(**key).exists():
+            continue
+        Price.objects.create(
+            **key, per_1000=per_1000, effective_from=month_start, note="demo price"
+        )
+        report.note(f"created price {grade}/{serving} {PRICE_CURRENCY} {per_1000} per 1,000")
+        if (grade, serving) == scheduled_key:
+            Price.objects.create(
+                **key, per_1000=scheduled_price, effective_from=next_month, note=scheduled_note
+            )
+            report.note(
+                f"scheduled price {grade}/{serving} {PRICE_CURRENCY} {scheduled_price} per "
+                f"1,000 from {next_month:%Y-%m-%d}"
+            )
 
 
 def _seed_logins(report: SeedReport) -> dict[str, object]:
@@ -445,3 +493,95 @@ def traffic_keys() -> dict[str, str]:
             old.revoke()
         keys[tenant.slug] = ApiKey.issue(tenant, TRAFFIC_KEY_NAME)[1]
     return keys
+
+
+# --- tenant policies and fleet thresholds -----------------------------------------------------
+
+# Demo thresholds per node class; operators change them on /fleet/policies/ and seeding never
+# puts them back. Thermal envelopes sit a little under where such machines throttle (fanless
+# boxes first). Cost ceilings, per 1,000 inferences in the class's currency (EUR), stay under
+# the demo's local prices (PRICES) so that what a node serves within them keeps a margin; a
+# nano node does not serve large models, so it has no ceiling for them.
+NODE_CLASS_THRESHOLDS = {
+    "nano": {
+        "thermal_envelope_c": Decimal("70"),
+        "cost_ceilings": {"tiny": "0.02", "medium": "0.20"},
+    },
+    "standard": {
+        "thermal_envelope_c": Decimal("80"),
+        "cost_ceilings": {"tiny": "0.02", "medium": "0.20", "large": "1.00"},
+    },
+    "accelerator": {
+        "thermal_envelope_c": Decimal("85"),
+        "cost_ceilings": {"tiny": "0.04", "medium": "0.30", "large": "1.50"},
+    },
+}
+
+# Three different policies, so the bundle has something to say. nakamura's max spend is in
+# its currency: ¥80 a session, about €0.50.
+DEMO_POLICIES = {
+    "acme": {"privacy_mode": "in_region", "quality": "high"},
+    "globex": {"privacy_mode": "any", "on_budget_exhausted": "downgrade"},
+    "nakamura": {
+        "privacy_mode": "local_only",
+        "fallback": "reject",
+        "sensitive_fields": ["customer_id"],
+        "max_spend_per_session": "80",
+        "on_budget_exhausted": "block",
+    },
+}
+
+
+def seed_policies(report: SeedReport) -> None:
+    """Thresholds of the demo classes that have none, the demo tenants' policies while they
+    are at their first revision (nobody changed them), and the accelerator pools. Every write
+    goes through fleet.policies, so the history shows it (by no one: seeded)."""
+    from fleet.choices import PolicyActorKind
+    from fleet.models import TenantPolicy
+    from fleet.policies import set_node_class_thresholds, update_policy
+
+    for node_class in NodeClass.objects.filter(name__in=NODE_CLASS_THRESHOLDS):
+        if node_class.thermal_envelope_c is None and not node_class.cost_ceilings:
+            spec = NODE_CLASS_THRESHOLDS[node_class.name]
+            set_node_class_thresholds(node_class, **spec, actor=None)
+            report.note(
+                f"set thresholds of node class {node_class.name}: "
+                f"{spec['thermal_envelope_c']} °C, cost ceilings {spec['cost_ceilings']}"
+            )
+    for tenant in Tenant.objects.filter(slug__in=DEMO_POLICIES).order_by("slug"):
+        if TenantPolicy.objects.for_tenant(tenant).revision == 1:
+            changes = DEMO_POLICIES[tenant.slug]
+            policy = update_policy(tenant, changes, actor=None, actor_kind=PolicyActorKind.OPERATOR)
+            report.note(f"set the policy of {tenant.slug} (revision {policy.revision}): {changes}")
+    seed_accelerator_pools(report)
+
+
+def seed_accelerator_pools(report: SeedReport) -> None:
+    """A pool per demo region with the region's accelerator nodes (none yet: an empty pool,
+    and the region has nowhere to offload to). Nodes enroll after the first seeding, so a
+    pool that no operator has changed follows the demo's accelerators on every seeding; call
+    this again once they have enrolled to fill the pools at once. A pool an operator changed
+    is theirs and is left alone."""
+    from fleet.choices import NodeClassKind, SettingKind
+    from fleet.models import AcceleratorPool, FleetSettingChange
+    from fleet.policies import pool_snapshot, set_accelerator_pool
+
+    for region in Region.objects.filter(code__in=[spec["code"] for spec in REGIONS]):
+        pool = AcceleratorPool.objects.filter(region=region).first()
+        operators_own = FleetSettingChange.objects.filter(
+            kind=SettingKind.ACCELERATOR_POOL, subject=region.code, actor__isnull=False
+        ).exists()
+        if operators_own:
+            continue
+        before = pool_snapshot(pool)
+        pool = set_accelerator_pool(
+            region,
+            name=pool.name if pool else f"{region.name} accelerators",
+            nodes=Node.objects.filter(region=region, node_class__name=NodeClassKind.ACCELERATOR),
+            actor=None,
+        )
+        after = pool_snapshot(pool)
+        if after != before:
+            report.note(
+                f"accelerator pool of {region.code}: {', '.join(after['nodes']) or 'no nodes yet'}"
+            )

@@ -1,5 +1,6 @@
 """The fleet's models: nodes and their history (nodes.py), the model registry (registry.py),
-deployments (rollouts.py), drift telemetry (drift.py), per-tenant pins (pins.py)."""
+deployments (rollouts.py), drift telemetry (drift.py), per-tenant pins (pins.py), tenant
+policies, accelerator pools and their histories (policies.py)."""
 
 from fleet.models.drift import DriftAlert, DriftWindow
 from fleet.models.nodes import (
@@ -12,15 +13,23 @@ from fleet.models.nodes import (
     Region,
 )
 from fleet.models.pins import TenantPin
+from fleet.models.policies import (
+    AcceleratorPool,
+    FleetSettingChange,
+    PolicyChange,
+    TenantPolicy,
+)
 from fleet.models.registry import Model, ModelVersion
 from fleet.models.rollouts import Deployment, DeploymentEvent
 
 __all__ = [
+    "AcceleratorPool",
     "Deployment",
     "DeploymentEvent",
     "DriftAlert",
     "DriftWindow",
     "EnrollmentToken",
+    "FleetSettingChange",
     "Model",
     "ModelVersion",
     "Node",
@@ -28,6 +37,8 @@ __all__ = [
     "NodeQuerySet",
     "NodeSample",
     "NodeStatusChange",
+    "PolicyChange",
     "Region",
     "TenantPin",
+    "TenantPolicy",
 ]

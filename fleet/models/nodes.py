@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models, transaction
 from django.db.models import Case, Q, Value, When
@@ -14,6 +15,7 @@ from django.utils import timezone
 from fleet import costs
 from fleet.choices import NodeClassKind, NodeStatus
 from fleet.health import derive_status, report_is_healthy
+from fleet.models.policies import THERMAL_MAX_C, THERMAL_MIN_C, clean_cost_ceilings
 from inference.protocol import HeartbeatReport, hash_secret, new_secret
 
 NODE_CREDENTIAL_PREFIX = "opn"
@@ -68,6 +70,23 @@ class NodeClass(models.Model):
     speed_factor = models.FloatField(
         default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(1000)]
     )
+    # Thresholds the policy bundle carries to the nodes of this class; operators set them on
+    # /fleet/policies/ (fleet.policies.set_node_class_thresholds, which audits the change).
+    thermal_envelope_c = models.DecimalField(
+        max_digits=4,
+        decimal_places=1,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(THERMAL_MIN_C), MaxValueValidator(THERMAL_MAX_C)],
+        verbose_name="thermal envelope (°C)",
+        help_text="Above this temperature a node offloads instead of serving; empty: no limit",
+    )
+    cost_ceilings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per grade, the most 1,000 inferences may cost to serve on this class, in its "
+        'currency, e.g. {"tiny": "0.05"}; a grade left out has no ceiling',
+    )
 
     class Meta:
         ordering = ["capex"]
@@ -80,6 +99,12 @@ class NodeClass(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        try:
+            self.cost_ceilings = clean_cost_ceilings(self.cost_ceilings)
+        except ValidationError as exc:
+            raise ValidationError({"cost_ceilings": _messages_by_key(exc)}) from None
 
     @property
     def cost_model(self) -> costs.CostModel:
@@ -99,6 +124,13 @@ class NodeClass(models.Model):
     @property
     def monthly_cost(self) -> Decimal:
         return costs.monthly_cost(self.cost_model)
+
+
+def _messages_by_key(exc: ValidationError) -> list[str]:
+    """A ValidationError keyed by grade (or anything else) as "key: message" lines."""
+    if hasattr(exc, "error_dict"):
+        return [f"{key}: {m}" for key, messages in exc.message_dict.items() for m in messages]
+    return exc.messages
 
 
 def _thresholds(now: datetime) -> tuple[datetime, datetime]:

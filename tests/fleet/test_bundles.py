@@ -161,3 +161,17 @@ def test_the_diff_says_what_changed_between_revisions():
     assert "route acme from eu-west: pools [eu-west, eu-north, us-east] → [eu-west]" in lines
     assert "tokens revoked: tok-1" in lines
     assert diff_bundles(new, new) == []
+
+
+def test_billing_fleet_and_the_wire_name_the_same_grades():
+    """billing cannot import fleet, so its price grades repeat fleet's: they must agree, and
+    with the wire format's."""
+    import typing
+
+    from billing.choices import PriceGrade, Serving
+    from fleet.choices import Grade
+    from inference.protocol import Grade as WireGrade
+    from inference.protocol import Serving as WireServing
+
+    assert set(PriceGrade.values) == set(Grade.values) == set(typing.get_args(WireGrade))
+    assert set(Serving.values) == set(typing.get_args(WireServing))

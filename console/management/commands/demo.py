@@ -240,6 +240,9 @@ class Command(BaseCommand):
         connections.close_all()
         if not ready:
             return supervisor.wait()
+        # The regions' accelerator pools take in the accelerators that just enrolled.
+        demo_seed.seed_accelerator_pools(demo_seed.SeedReport())
+        connections.close_all()
 
         if not options["no_traffic"]:
             argv = [

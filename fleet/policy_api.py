@@ -1,0 +1,216 @@
+"""A tenant's own policy in /api/v1: `GET /api/v1/policy` and `PUT /api/v1/policy`.
+
+The API key names the tenant: there is no tenant in the address, so a key can neither read
+nor change another tenant's policy. A PUT changes only the fields it gives (the others keep
+their values); its rules are fleet.models.policies.clean_policy's, applied by
+fleet.policies.update_policy, as for the portal. The answer carries the policy's revision as
+its ETag; `If-Match` (or `revision` in the body) makes a PUT conditional on it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from ninja import Router, Schema, Status
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+from billing.auth import ApiKeyAuth
+from billing.models import ApiKey
+from fleet.choices import BudgetAction, Fallback, PolicyActorKind, PrivacyMode, QualityObjective
+from fleet.models import TenantPolicy
+from fleet.models.policies import POLICY_FIELDS
+from fleet.policies import StalePolicy, update_policy
+from inference import protocol
+
+policy_router = Router(tags=["policy"], auth=ApiKeyAuth())
+
+
+class PolicyOut(Schema):
+    tenant: str
+    currency: str = Field(description="The currency of max_spend_per_session")
+    revision: int = Field(description="Incremented by every change; also the ETag")
+    privacy_mode: PrivacyMode
+    fallback: Fallback
+    quality: QualityObjective
+    max_spend_per_session: str | None = Field(description="A decimal string; null: no limit")
+    sensitive_fields: list[str]
+    on_budget_exhausted: BudgetAction
+    fail_closed_after_s: int | None = Field(description="Set by the provider's operators")
+    updated_at: datetime
+
+
+def _loose(schema: dict[str, Any], description: str) -> Any:
+    """A field documented as `schema` but taken as sent: fleet.models.policies.clean_policy
+    checks it, so the API answers with the same messages as the portal."""
+    return Annotated[Any, WithJsonSchema({**schema, "description": description})]
+
+
+def _enum(choices) -> dict[str, Any]:
+    return {"type": "string", "enum": list(choices.values)}
+
+
+PrivacyModeIn = _loose(_enum(PrivacyMode), "local_only, in_region or any")
+FallbackIn = _loose(_enum(Fallback), "regional or reject; local_only needs reject")
+QualityIn = _loose(_enum(QualityObjective), "best_effort or high")
+AmountIn = _loose(
+    {"type": ["string", "number", "null"]},
+    'The most one session may cost, in the tenant\'s currency, e.g. "0.50"; null: no limit',
+)
+FieldNamesIn = _loose(
+    {"type": "array", "items": {"type": "string"}},
+    "OIP parameter names the node tokenises (at most 50)",
+)
+BudgetActionIn = _loose(_enum(BudgetAction), "alert, downgrade or block")
+FailClosedIn = _loose(
+    {"type": ["integer", "null"]}, "Read-only for tenants: may be sent back unchanged"
+)
+RevisionIn = _loose({"type": "integer"}, "Optional: refuse the change unless it is current")
+ReadOnlyIn = _loose({"type": "string"}, "Read-only: may be sent back, is ignored")
+
+
+class PolicyIn(Schema):
+    """The fields to change; those left out keep their values. The read-only fields of a GET
+    may be sent back: `tenant` must be the key's, `revision` the current one (or the PUT is
+    refused with 409), `currency` and `updated_at` are ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    privacy_mode: PrivacyModeIn = None
+    fallback: FallbackIn = None
+    quality: QualityIn = None
+    max_spend_per_session: AmountIn = None
+    sensitive_fields: FieldNamesIn = None
+    on_budget_exhausted: BudgetActionIn = None
+    fail_closed_after_s: FailClosedIn = None
+    tenant: ReadOnlyIn = None
+    currency: ReadOnlyIn = None
+    revision: RevisionIn = None
+    updated_at: ReadOnlyIn = None
+
+
+class PolicyErrorOut(Schema):
+    error: str
+    fields: dict[str, list[str]] = Field(
+        default_factory=dict, description="The messages per field, when fields are at fault"
+    )
+
+
+def policy_out(policy: TenantPolicy) -> PolicyOut:
+    return PolicyOut(
+        tenant=policy.tenant.slug,
+        currency=policy.tenant.currency,
+        revision=policy.revision,
+        updated_at=policy.updated_at,
+        **policy.snapshot(),
+    )
+
+
+def _answer(response: HttpResponse, policy: TenantPolicy) -> PolicyOut:
+    response["ETag"] = f'"{policy.revision}"'
+    return policy_out(policy)
+
+
+def _if_match(request: HttpRequest) -> int | None:
+    """The revision an `If-Match` header asks for; None without one (or with `*`)."""
+    header = request.headers.get("If-Match", "").strip()
+    if not header or header == "*":
+        return None
+    try:
+        return int(header.removeprefix("W/").strip('"'))
+    except ValueError:
+        return -1  # matches no revision: the PUT is refused with 412
+
+
+def _invalid(fields: dict[str, list[str]]) -> Status:
+    problems = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in fields.items())
+    return Status(400, PolicyErrorOut(error=f"invalid policy: {problems}", fields=fields))
+
+
+@policy_router.get(
+    "",
+    response={200: PolicyOut, 401: protocol.ErrorBody},
+    summary="The API key's tenant's policy (created with the defaults on first read)",
+)
+def get_policy(request: HttpRequest, response: HttpResponse):
+    api_key: ApiKey = request.auth
+    policy = TenantPolicy.objects.for_tenant(api_key.tenant)
+    policy.tenant = api_key.tenant
+    return _answer(response, policy)
+
+
+# Read by hand, not as a ninja body: ninja drops the fields it does not know (they must be
+# named in a 400) and an explicit null (which clears max_spend_per_session). PolicyIn is
+# what the OpenAPI schema shows.
+PUT_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PolicyIn.model_json_schema()}},
+    }
+}
+# What a GET answers besides the policy's own fields: a PUT may send them back.
+ECHOED_FIELDS = ("tenant", "currency", "revision", "updated_at")
+
+
+@policy_router.put(
+    "",
+    response={
+        200: PolicyOut,
+        400: PolicyErrorOut,
+        401: protocol.ErrorBody,
+        409: protocol.ErrorBody,
+        412: protocol.ErrorBody,
+    },
+    openapi_extra=PUT_BODY_SCHEMA,
+    summary="Change the API key's tenant's policy: only the fields given",
+)
+def put_policy(request: HttpRequest, response: HttpResponse):
+    api_key: ApiKey = request.auth
+    tenant = api_key.tenant
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError as exc:
+        return Status(400, PolicyErrorOut(error=f"the body is not JSON: {exc}"))
+    if not isinstance(body, dict):
+        return Status(
+            400, PolicyErrorOut(error="the body must be a JSON object of the fields to change")
+        )
+    unknown = sorted(set(body) - set(POLICY_FIELDS) - set(ECHOED_FIELDS))
+    if unknown:
+        return Status(
+            400,
+            PolicyErrorOut(
+                error=f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
+                f"a policy has {', '.join(POLICY_FIELDS)}",
+                fields={name: ["There is no such policy field."] for name in unknown},
+            ),
+        )
+    if "tenant" in body and body["tenant"] != tenant.slug:
+        return _invalid(
+            {"tenant": [f"This API key is {tenant.slug}'s: it reads and changes that policy only."]}
+        )
+    body_revision = body.get("revision")
+    if body_revision is not None and (
+        isinstance(body_revision, bool) or not isinstance(body_revision, int)
+    ):
+        return _invalid({"revision": ["The revision is a whole number, as a GET answers it."]})
+    try:
+        policy = update_policy(
+            tenant,
+            {name: body[name] for name in POLICY_FIELDS if name in body},
+            actor=None,
+            actor_kind=PolicyActorKind.API_KEY,
+            api_key=api_key,
+            expected_revision=body_revision if body_revision is not None else _if_match(request),
+        )
+    except StalePolicy as exc:
+        return Status(412 if body_revision is None else 409, {"error": str(exc)})
+    except ValidationError as exc:
+        if not hasattr(exc, "error_dict"):
+            return Status(400, PolicyErrorOut(error=" ".join(exc.messages)))
+        return _invalid(exc.message_dict)
+    policy.tenant = tenant
+    return _answer(response, policy)
