@@ -395,8 +395,13 @@ def act_on_deployment(request: HttpRequest, deployment_id: int, body: Deployment
     }
     if body.action not in actions:
         raise HttpError(400, f"action must be one of {', '.join(actions)}")
+    return _carried_out(actions[body.action], deployment_id)
+
+
+def _carried_out(change, deployment_id: int):
+    """Run a rollout action (a refusal is a 400 with its reason); the deployment after it."""
     try:
-        actions[body.action]()
+        change()
     except RolloutError as exc:
         raise HttpError(400, str(exc)) from None
     return get_object_or_404(_deployments(), pk=deployment_id)
@@ -412,11 +417,9 @@ def pin_tenant(request: HttpRequest, deployment_id: int, body: PinIn):
     tenant = Tenant.objects.filter(slug=body.tenant).first()
     if tenant is None:
         raise HttpError(400, f"no tenant '{body.tenant}'")
-    try:
-        pin(deployment, tenant, body.side, acting_user=request.auth)
-    except RolloutError as exc:
-        raise HttpError(400, str(exc)) from None
-    return get_object_or_404(_deployments(), pk=deployment_id)
+    return _carried_out(
+        lambda: pin(deployment, tenant, body.side, acting_user=request.auth), deployment_id
+    )
 
 
 @deployments_router.delete(
@@ -427,8 +430,4 @@ def pin_tenant(request: HttpRequest, deployment_id: int, body: PinIn):
 def unpin_tenant(request: HttpRequest, deployment_id: int, tenant: str):
     deployment = get_object_or_404(Deployment, pk=deployment_id)
     found = get_object_or_404(Tenant, slug=tenant)
-    try:
-        unpin(deployment, found, acting_user=request.auth)
-    except RolloutError as exc:
-        raise HttpError(400, str(exc)) from None
-    return get_object_or_404(_deployments(), pk=deployment_id)
+    return _carried_out(lambda: unpin(deployment, found, acting_user=request.auth), deployment_id)

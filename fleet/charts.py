@@ -296,6 +296,29 @@ TARGET_COLOUR = "#dc3545"
 _LOG_SPREAD = 50
 
 
+def _target_line(fig: go.Figure, y: float, label: str) -> None:
+    """A dashed horizontal line across the plot at `y`, labelled at its right end."""
+    fig.add_shape(
+        type="line",
+        xref="paper",
+        x0=0,
+        x1=1,
+        y0=y,
+        y1=y,
+        line={"color": TARGET_COLOUR, "width": 1.5, "dash": "dash"},
+    )
+    fig.add_annotation(
+        text=label,
+        xref="paper",
+        x=1,
+        xanchor="right",
+        y=y,
+        yanchor="bottom",
+        showarrow=False,
+        font={"color": TARGET_COLOUR},
+    )
+
+
 def grading_figure(
     latencies: Sequence[ClassLatency], target_s: float, chosen: str | None
 ) -> go.Figure:
@@ -338,25 +361,7 @@ def grading_figure(
                 },
             )
         )
-    fig.add_shape(
-        type="line",
-        xref="paper",
-        x0=0,
-        x1=1,
-        y0=target_ms,
-        y1=target_ms,
-        line={"color": TARGET_COLOUR, "width": 1.5, "dash": "dash"},
-    )
-    fig.add_annotation(
-        text=f"p95 target {target_ms:.3g} ms",
-        xref="paper",
-        x=1,
-        xanchor="right",
-        y=target_ms,
-        yanchor="bottom",
-        showarrow=False,
-        font={"color": TARGET_COLOUR},
-    )
+    _target_line(fig, target_ms, f"p95 target {target_ms:.3g} ms")
     fig.update_layout(barmode="group", hovermode="closest", showlegend=True)
     fig.update_xaxes(
         type="category",
@@ -403,25 +408,7 @@ def drift_figure(
             hovertemplate="PSI %{y:.3f} over %{customdata:,} rows<extra></extra>",
         )
     )
-    fig.add_shape(
-        type="line",
-        xref="paper",
-        x0=0,
-        x1=1,
-        y0=threshold,
-        y1=threshold,
-        line={"color": TARGET_COLOUR, "width": 1.5, "dash": "dash"},
-    )
-    fig.add_annotation(
-        text=f"alert above {threshold:g}",
-        xref="paper",
-        x=1,
-        xanchor="right",
-        y=threshold,
-        yanchor="bottom",
-        showarrow=False,
-        font={"color": TARGET_COLOUR},
-    )
+    _target_line(fig, threshold, f"alert above {threshold:g}")
     highest = max([threshold] + [v for _, v, _ in points if v is not None])
     fig.update_yaxes(range=[0, highest * 1.2])
     fig.update_layout(showlegend=False)

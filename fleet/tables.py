@@ -7,7 +7,7 @@ from collections.abc import Callable
 from itertools import pairwise
 
 from django.contrib.humanize.templatetags.humanize import naturaltime
-from django.db.models import F, QuerySet
+from django.db.models import F, QuerySet, TextChoices
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -44,13 +44,19 @@ TEMPLATE = "django_tables2/bootstrap5-responsive.html"
 TOKEN_STATE_BADGE = {"usable": "success", "used": "secondary", "expired": "warning"}
 
 
-def status_badge(status: str) -> SafeString:
-    """A node status as a Bootstrap badge, coloured by fleet.choices.STATUS_BADGE."""
+def choice_badge(value: str, choices: type[TextChoices], colours: dict) -> SafeString:
+    """A stored choice as a Bootstrap badge: its label, in its colour (grey for a value the
+    choices do not know, shown as it is)."""
     return format_html(
         '<span class="badge text-bg-{}">{}</span>',
-        STATUS_BADGE.get(status, "secondary"),
-        NodeStatus(status).label if status in NodeStatus.values else status,
+        colours.get(value, "secondary"),
+        choices(value).label if value in choices.values else value,
     )
+
+
+def status_badge(status: str) -> SafeString:
+    """A node status as a Bootstrap badge, coloured by fleet.choices.STATUS_BADGE."""
+    return choice_badge(status, NodeStatus, STATUS_BADGE)
 
 
 def format_duration(seconds: float) -> str:
@@ -240,11 +246,7 @@ GRADE_BADGE = {Grade.TINY: "secondary", Grade.MEDIUM: "primary", Grade.LARGE: "d
 
 def version_status_badge(status: str) -> SafeString:
     """A model version's status as a badge, coloured by fleet.choices.VERSION_BADGE."""
-    return format_html(
-        '<span class="badge text-bg-{}">{}</span>',
-        VERSION_BADGE.get(status, "secondary"),
-        VersionStatus(status).label if status in VersionStatus.values else status,
-    )
+    return choice_badge(status, VersionStatus, VERSION_BADGE)
 
 
 def grade_badge(grade: str) -> SafeString:
@@ -387,11 +389,7 @@ class OtherVersionsTable(ModelVersionTable):
 
 def deployment_badge(state: str) -> SafeString:
     """A deployment's state as a badge, coloured by fleet.choices.DEPLOYMENT_BADGE."""
-    return format_html(
-        '<span class="badge text-bg-{}">{}</span>',
-        DEPLOYMENT_BADGE.get(state, "secondary"),
-        DeploymentState(state).label if state in DeploymentState.values else state,
-    )
+    return choice_badge(state, DeploymentState, DEPLOYMENT_BADGE)
 
 
 def selector_summary(deployment: Deployment) -> str:
