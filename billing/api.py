@@ -17,15 +17,18 @@ from ninja import Router
 from ninja.errors import HttpError
 
 from billing.auth import ApiKeyAuth
-from billing.models import ApiKey, Tenant
+from billing.models import ApiKey, IssuedToken, Tenant
 from billing.signing import console_private_key
 from inference import protocol
 
 tokens_router = Router(tags=["tokens"], auth=ApiKeyAuth())
 
 
-def issue_tenant_token(tenant: Tenant, ttl_s: int) -> protocol.TokenResponse:
-    """A token for `tenant` to call inference on nodes, signed with the console's key."""
+def issue_tenant_token(
+    tenant: Tenant, ttl_s: int, *, api_key: ApiKey | None = None
+) -> protocol.TokenResponse:
+    """A token for `tenant` to call inference on nodes, signed with the console's key and
+    recorded (IssuedToken) so that it can be revoked, alone or with its API key."""
     key = console_private_key()
     # Whole seconds: the token is shorter, and nothing needs finer expiry.
     issued_at = timezone.now().replace(microsecond=0)
@@ -36,6 +39,13 @@ def issue_tenant_token(tenant: Tenant, ttl_s: int) -> protocol.TokenResponse:
         expires_at=issued_at + timedelta(seconds=ttl_s),
         token_id=secrets.token_urlsafe(12),
         key_id=protocol.key_id(key.public_key()),
+    )
+    IssuedToken.objects.create(
+        token_id=claims.token_id,
+        tenant=tenant,
+        api_key=api_key,
+        issued_at=claims.issued_at,
+        expires_at=claims.expires_at,
     )
     return protocol.TokenResponse(
         token=protocol.issue_token(key, claims),
@@ -65,4 +75,4 @@ def create_token(
         )
     # A bearer credential: no cache may keep it (RFC 6749 §5.1).
     response["Cache-Control"] = "no-store"
-    return issue_tenant_token(api_key.tenant, ttl_s)
+    return issue_tenant_token(api_key.tenant, ttl_s, api_key=api_key)

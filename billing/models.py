@@ -157,9 +157,56 @@ class ApiKey(models.Model):
         return self.revoked_at is None
 
     def revoke(self) -> None:
+        """Revoke the key and every unexpired token issued with it: their ids travel to the
+        nodes in the next policy bundle (fleet subscribes to IssuedToken's changes)."""
         if self.revoked_at is None:
-            self.revoked_at = timezone.now()
-            self.save(update_fields=["revoked_at"])
+            with transaction.atomic():
+                self.revoked_at = timezone.now()
+                self.save(update_fields=["revoked_at"])
+                IssuedToken.objects.live(self.revoked_at).filter(api_key=self).revoke(
+                    self.revoked_at
+                )
+
+
+class IssuedTokenQuerySet(models.QuerySet["IssuedToken"]):
+    def live(self, now: datetime | None = None) -> IssuedTokenQuerySet:
+        """Tokens not expired yet (revoked or not)."""
+        return self.filter(expires_at__gt=now or timezone.now())
+
+    def revoke(self, at: datetime | None = None) -> int:
+        """Revoke these tokens (those not revoked already); returns how many. Each revoked
+        row is saved on its own so that post_save tells the policy plane."""
+        at = at or timezone.now()
+        count = 0
+        for token in self.filter(revoked_at__isnull=True):
+            token.revoked_at = at
+            token.save(update_fields=["revoked_at"])
+            count += 1
+        return count
+
+
+class IssuedToken(models.Model):
+    """One ephemeral token the console issued (billing/api.py): who for, with which key, until
+    when. Nodes verify tokens offline, so revoking one means listing its id in the policy
+    bundle until it expires; this ledger is where those ids come from."""
+
+    token_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="issued_tokens")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="issued_tokens"
+    )
+    issued_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = IssuedTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-issued_at"]
+        indexes = [models.Index(fields=["revoked_at", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.token_id} ({self.tenant_id}, until {self.expires_at:%H:%M:%S})"
 
 
 # --- the price book -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from console.env import env_bool, env_float, env_int, env_json, env_list, env_str, env_url
+from inference.protocol import public_key_from_b64 as _public_key_from_b64
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state of the embedded default: the SQLite file, the Celery folders, the dev signing key.
@@ -185,6 +186,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.prune_node_samples_task",
         "schedule": 3600.0,
     },
+    "prune-decisions": {
+        "task": "fleet.tasks.prune_decisions_task",
+        "schedule": 3600.0,
+    },
+    # Catches what no signal announces (a scheduled price taking effect) and reissues a bundle
+    # before it expires; a compile equal to the latest bundle signs nothing.
+    "publish-policy-bundle": {
+        "task": "fleet.tasks.publish_bundle_task",
+        "schedule": float(env_int("OUTPOST_BUNDLE_CHECK_S", 30, minimum=1)),
+        "args": (["periodic check"],),
+    },
 }
 
 # --- outside services -------------------------------------------------------------------------
@@ -235,6 +247,17 @@ OUTPOST_GRADING = env_json("OUTPOST_GRADING")
 OUTPOST_DRIFT = env_json("OUTPOST_DRIFT")
 # Per-minute output summaries are kept this long.
 OUTPOST_DRIFT_RETENTION_H = env_int("OUTPOST_DRIFT_RETENTION_H", 24 * 7, minimum=1)
+# Policy bundles: how long a node may enforce one (the console reissues at half of it), the
+# next console public key nodes should trust ahead of a key rotation (base64, see
+# docs/decisions.md), and how long the routing decisions nodes report are kept.
+OUTPOST_BUNDLE_TTL_S = env_int("OUTPOST_BUNDLE_TTL_S", 24 * 3600, minimum=120)
+OUTPOST_NEXT_PUBLIC_KEY = env_str("OUTPOST_NEXT_PUBLIC_KEY")
+if OUTPOST_NEXT_PUBLIC_KEY:
+    try:
+        _public_key_from_b64(OUTPOST_NEXT_PUBLIC_KEY)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"OUTPOST_NEXT_PUBLIC_KEY: {_exc}") from None
+OUTPOST_DECISION_RETENTION_H = env_int("OUTPOST_DECISION_RETENTION_H", 72, minimum=1)
 # Uploads of up to this size stay in memory; larger ones spool to a temporary file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20
 # The URL nodes use to reach the console, shown in the enrollment command.

@@ -7,7 +7,7 @@ import re
 import orjson
 from django.conf import settings
 from django.db.models import Prefetch
-from django.http import FileResponse, HttpRequest
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import File, Form, Query, Router, Schema, Status, UploadedFile
@@ -32,9 +32,11 @@ from fleet.models import (
     Node,
     NodeClass,
     NodeStatusChange,
+    PolicyBundleRecord,
     Region,
     TenantPin,
 )
+from fleet.policy_plane import record_decisions
 from fleet.rollout_actions import (
     RolloutError,
     desired_versions,
@@ -118,17 +120,41 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
         )
     node.record_heartbeat(body)
     record_windows(node, body)
+    record_decisions(node, body)
     return Status(
         200,
         protocol.HeartbeatReply(
             status=node.status,
             heartbeat_interval_s=settings.OUTPOST_HEARTBEAT_INTERVAL_S,
             server_time=timezone.now(),
-            desired_bundle_revision=None,
+            desired_bundle_revision=PolicyBundleRecord.objects.latest_revision(),
             desired_models=desired_versions(node),
             memory_budget_bytes=memory_budget_bytes(node),
+            simulated_temperature_c=node.simulated_temperature_c,
         ),
     )
+
+
+@node_router.get(
+    "/bundle",
+    auth=NodeCredentialAuth(),
+    response={200: protocol.SignedBundle, 304: None, 404: protocol.ErrorBody},
+    summary="The newest signed policy bundle; 304 when If-None-Match names its revision",
+)
+def fetch_bundle(request: HttpRequest):
+    record = PolicyBundleRecord.objects.order_by("-revision").first()
+    if record is None:
+        raise HttpError(404, "no policy bundle has been published yet")
+    etag = f'"{record.revision}"'
+    wanted = request.headers.get("If-None-Match", "")
+    if etag in {tag.strip().removeprefix("W/") for tag in wanted.split(",")} or wanted == "*":
+        response = HttpResponse(status=304)
+    else:
+        # The stored text byte for byte: it is what was signed, and re-serialising is waste.
+        response = HttpResponse(record.signed, content_type="application/json")
+    response["ETag"] = etag
+    response["Cache-Control"] = "no-cache"
+    return response
 
 
 @node_router.get(

@@ -6,4 +6,4 @@ class FleetConfig(AppConfig):
     verbose_name = "Fleet"
 
     def ready(self) -> None:
-        from fleet import checks  # noqa: F401  (registers the system checks)
+        from fleet import checks, signals  # noqa: F401  (register the checks and handlers)

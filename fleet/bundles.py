@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 
 from inference.protocol import (
     ClassThresholds,
+    ModelGrade,
     PolicyBundle,
     Pool,
     PoolNode,
@@ -71,6 +72,9 @@ class Inputs:
     prices: Sequence[PriceRow] = ()
     thresholds: Sequence[ClassThresholds] = ()
     revoked_tokens: Iterable[str] = field(default_factory=tuple)
+    models: Sequence[ModelGrade] = ()
+    # Console public keys (base64) nodes are to trust: the signing key and the next one.
+    trusted_keys: Sequence[str] = ()
 
 
 def fallback_chain(start: str, regions: dict[str, RegionSpec]) -> tuple[list[str], str | None]:
@@ -122,6 +126,9 @@ def compile_bundle(
     price_keys = [(p.grade, p.serving, p.currency) for p in inputs.prices]
     for key in sorted({k for k in price_keys if price_keys.count(k) > 1}):
         problems.append(f"two prices for {key[0]} {key[1]} in {key[2]}")
+    model_names = [m.name for m in inputs.models]
+    for name in sorted({n for n in model_names if model_names.count(n) > 1}):
+        problems.append(f"two grades for model {name}")
 
     pools = []
     for region in sorted(regions.values(), key=lambda r: r.code):
@@ -162,7 +169,9 @@ def compile_bundle(
         routes=routes,
         prices=sorted(inputs.prices, key=lambda p: (p.currency, p.grade, p.serving)),
         thresholds=sorted(inputs.thresholds, key=lambda t: t.node_class),
+        models=sorted(inputs.models, key=lambda m: m.name),
         revoked_tokens=sorted(set(inputs.revoked_tokens)),
+        trusted_keys=list(inputs.trusted_keys),
     )
     problems += [p for p in check_bundle(bundle) if p not in problems]
     if problems:
@@ -239,9 +248,23 @@ def diff_bundles(old: PolicyBundle, new: PolicyBundle) -> list[str]:
         {t.node_class: t.model_dump() for t in old.thresholds},
         {t.node_class: t.model_dump() for t in new.thresholds},
     )
+    lines += _diff_keyed(
+        "model",
+        {m.name: {"grade": m.grade} for m in old.models},
+        {m.name: {"grade": m.grade} for m in new.models},
+    )
     revoked = sorted(set(new.revoked_tokens) - set(old.revoked_tokens))
     if revoked:
         lines.append(f"tokens revoked: {', '.join(revoked)}")
+    lapsed = sorted(set(old.revoked_tokens) - set(new.revoked_tokens))
+    if lapsed:
+        lines.append(f"revoked tokens expired, no longer listed: {len(lapsed)}")
+    added_keys = [k for k in new.trusted_keys if k not in old.trusted_keys]
+    dropped_keys = [k for k in old.trusted_keys if k not in new.trusted_keys]
+    for key in added_keys:
+        lines.append(f"console key trusted: {key}")
+    for key in dropped_keys:
+        lines.append(f"console key no longer trusted: {key}")
     return lines
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 from celery import shared_task
@@ -91,3 +92,47 @@ def push_desired_task(node_ids: list[int]) -> int:
         pk__in=node_ids, status__in=[NodeStatus.ONLINE, NodeStatus.DEGRADED]
     ).select_related("node_class")
     return sum(push_desired(node) for node in reachable)
+
+
+@shared_task
+def publish_bundle_task(reasons: list[str]) -> int | None:
+    """Compile the policy bundle and publish it if it changed; returns the new revision."""
+    from fleet.policy_plane import publish_bundle
+
+    record = publish_bundle(reasons)
+    return record.revision if record is not None else None
+
+
+# A push is retried on its own per node: 1, 2, 4, … 60 s apart (with jitter), six times; a
+# node still unreachable after that fetches the bundle from its next heartbeat answer.
+PUSH_RETRIES = 6
+
+
+@shared_task(bind=True, max_retries=PUSH_RETRIES)
+def push_bundle_task(self, node_id: int, revision: int) -> str:
+    """Push bundle `revision` to one node; returns what happened."""
+    from fleet.models import PolicyBundleRecord
+    from fleet.policy_plane import PushFailed, push_bundle
+
+    node = Node.objects.filter(pk=node_id).first()
+    if node is None:
+        return "node removed"
+    record = PolicyBundleRecord.objects.order_by("-revision").first()
+    if record is None or record.revision > revision:
+        return "superseded"  # the newer revision's publish pushes it
+    if node.bundle_revision is not None and node.bundle_revision >= revision:
+        return "current"
+    try:
+        return "enforcing" if push_bundle(node, record) else "refused"
+    except PushFailed as exc:
+        attempt = self.request.retries
+        countdown = min(60.0, 2.0**attempt) * (0.5 + random.random() / 2)
+        raise self.retry(exc=exc, countdown=countdown) from None
+
+
+@shared_task
+def prune_decisions_task() -> int:
+    """Delete decision logs and issued-token rows past their retention."""
+    from fleet.policy_plane import prune_decisions
+
+    return prune_decisions()

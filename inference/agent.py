@@ -13,6 +13,11 @@ console never blocks serving. The wire formats are `inference/protocol.py`'s.
 - Desired models: a reply's `desired_models` goes to `ModelRepository.apply_desired`, which
   fetches artifacts through `inference/artifacts.py` with this node's credential and loads
   them in the background; each report lists every version with its health and any problem.
+- Policy bundles: a reply naming a newer `desired_bundle_revision` than the node enforces makes
+  it fetch the bundle (`If-None-Match`: a 304 costs nothing); the console also pushes each new
+  bundle (`accept_bundle_push`). Both go through `BundleStore.offer`, which verifies, keeps the
+  last good bundle on disk and refuses anything else; each report says the revision enforced
+  and why the last offered bundle was refused, if it was.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from inference import __version__, protocol
 from inference.artifacts import ARTIFACTS_DIR, ArtifactStore
 
 if TYPE_CHECKING:  # the CLI checks the identity before it imports onnxruntime and the rest
+    from inference.bundle_store import BundleStore
     from inference.metrics import AgentMetrics
     from inference.repository import ModelRepository
     from inference.tokens import TokenVerifier
@@ -143,6 +149,7 @@ def build_report(
     *,
     uptime_s: float,
     readings: tuple[float, float, float | None],
+    bundles: BundleStore | None = None,
 ) -> protocol.HeartbeatReport:
     from inference.repository import READY
 
@@ -183,7 +190,8 @@ def build_report(
         queue_depth=repository.queue_depth(),
         requests_total=metrics.requests_total,
         errors_total=metrics.errors_total,
-        bundle_revision=None,
+        bundle_revision=bundles.revision if bundles is not None else None,
+        bundle_problem=bundles.problem if bundles is not None else None,
     )
 
 
@@ -203,6 +211,7 @@ class ConsoleLink:
         on_fatal: Callable[[str], None],
         client: httpx.AsyncClient | None = None,
         token_verifier: TokenVerifier | None = None,
+        bundles: BundleStore | None = None,
     ) -> None:
         self.console_url = console_url.rstrip("/")
         self.state_dir = state_dir
@@ -216,6 +225,8 @@ class ConsoleLink:
         # Given the console's key as soon as the identity is known (saved or just enrolled);
         # until then the server answers requests that carry a token with 503.
         self.token_verifier = token_verifier
+        # The policy bundle the node enforces; None for a link that only reports (tests).
+        self.bundles = bundles
         self.started = time.monotonic()
 
     def accept_push(self, body: bytes, signature: str | None) -> tuple[int, str]:
@@ -246,6 +257,55 @@ class ConsoleLink:
             self.repository.offer_memory_budget(push.memory_budget_bytes)
         self.repository.apply_desired(push.desired_models)
         return 200, "applied"
+
+    def accept_bundle_push(self, body: bytes) -> tuple[int, str]:
+        """A policy bundle the console pushed: the bundle's own signature authenticates it
+        (BundleStore.offer verifies it against the pinned key and refuses older revisions, so
+        a replayed bundle changes nothing). Returns (status, message)."""
+        if self.identity is None or self.bundles is None:
+            return 503, "this node has not enrolled yet"
+        try:
+            signed = protocol.SignedBundle.model_validate_json(body)
+        except ValidationError as exc:
+            return 400, f"not a signed policy bundle: {exc.errors()[0]['msg']}"
+        try:
+            self.bundles.offer(signed)
+        except protocol.BundleError as exc:
+            return 409, str(exc)
+        return 200, "enforcing"
+
+    async def fetch_bundle(self, identity: protocol.EnrollResponse) -> None:
+        """Pull the console's newest bundle; a 304 means this node has it already."""
+        assert self.bundles is not None
+        headers = {"authorization": f"Bearer {identity.credential}"}
+        if self.bundles.etag is not None:
+            headers["if-none-match"] = self.bundles.etag
+        try:
+            response = await self.client.get(
+                self.console_url + protocol.BUNDLE_PATH, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            log.warning("fetching the policy bundle failed: %s: %s", type(exc).__name__, exc)
+            return
+        if response.status_code == 304:
+            self.bundles.confirm(self.bundles.revision)
+            return
+        if response.status_code != 200:
+            log.warning(
+                "fetching the policy bundle answered HTTP %d: %s",
+                response.status_code,
+                _error_text(response),
+            )
+            return
+        try:
+            signed = protocol.SignedBundle.model_validate_json(response.content)
+        except ValidationError as exc:
+            log.warning("the console sent a policy bundle this agent cannot read: %s", exc)
+            return
+        try:
+            self.bundles.offer(signed)
+        except protocol.BundleError:
+            pass  # logged and reported by the store; the node keeps its last good bundle
 
     async def run(self) -> None:
         try:
@@ -282,7 +342,7 @@ class ConsoleLink:
             await self.client.aclose()
 
     def _trust_console_key(self, identity: protocol.EnrollResponse) -> None:
-        if self.token_verifier is None:
+        if self.token_verifier is None and self.bundles is None:
             return
         try:
             key = protocol.public_key_from_b64(identity.console_public_key)
@@ -294,9 +354,16 @@ class ConsoleLink:
                 exc,
             )
             return
-        log.info(
-            "checking tenant tokens against the console key %s", self.token_verifier.trust(key)
-        )
+        if self.bundles is not None:
+            self.bundles.trust(key)
+            # A bundle saved by an earlier run is verified with the pinned key, now known.
+            if self.bundles.signed is None:
+                self.bundles.load()
+        if self.token_verifier is not None:
+            log.info(
+                "checking tenant tokens against the console key %s",
+                self.token_verifier.trust(key),
+            )
 
     async def enroll(self, token: str) -> protocol.EnrollResponse:
         request = protocol.EnrollRequest(
@@ -353,6 +420,7 @@ class ConsoleLink:
                 self.metrics,
                 uptime_s=time.monotonic() - self.started,
                 readings=readings,
+                bundles=self.bundles,
             )
             ok, reply = await self._send_heartbeat(url, headers, report)
             new_interval = reply.heartbeat_interval_s if reply is not None else None
@@ -360,6 +428,7 @@ class ConsoleLink:
                 if reply.memory_budget_bytes is not None:
                     self.repository.offer_memory_budget(reply.memory_budget_bytes)
                 self.repository.apply_desired(reply.desired_models)
+                await self._follow_bundle(identity, reply.desired_bundle_revision)
             if ok:
                 acknowledge_outputs(report, self.metrics)
                 if failures:
@@ -374,6 +443,15 @@ class ConsoleLink:
                 self.metrics.heartbeats["failure"] += 1
                 delay = backoff_delay(failures)
             await asyncio.sleep(delay)
+
+    async def _follow_bundle(self, identity: protocol.EnrollResponse, desired: int | None) -> None:
+        if self.bundles is None or desired is None:
+            return
+        current = self.bundles.revision
+        if current is None or desired > current:
+            await self.fetch_bundle(identity)
+        else:
+            self.bundles.confirm(desired)
 
     async def _send_heartbeat(
         self, url: str, headers: dict[str, str], report: protocol.HeartbeatReport

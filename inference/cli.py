@@ -325,11 +325,23 @@ def serve(args: argparse.Namespace) -> int:
 
     link = None
     token_verifier = None
+    bundles = None
     if args.console:
+        from inference.bundle_store import BundleStore
         from inference.tokens import TokenVerifier
 
         # Empty until the link knows the console's key (from the saved identity or enrollment).
         token_verifier = TokenVerifier()
+        verifier = token_verifier
+
+        def revoke(bundle) -> None:
+            verifier.revoked = frozenset(bundle.revoked_tokens)
+
+        # The bundle store and the token verifier trust the same console keys.
+        bundles = BundleStore(state_dir, keys=token_verifier.keys, on_activate=[revoke])
+        store = bundles
+        metrics.bundle_revision = lambda: store.revision
+        metrics.bundle_age_s = store.age_s
         # Bound to every interface: the console can only reach us by a real name.
         wildcard = host in ("0.0.0.0", "::")  # noqa: S104
         advertise = args.advertise or _url(socket.gethostname() if wildcard else host, port)
@@ -342,6 +354,7 @@ def serve(args: argparse.Namespace) -> int:
             metrics=metrics,
             on_fatal=fatal,
             token_verifier=token_verifier,
+            bundles=bundles,
         )
     else:
         log.info(
@@ -369,6 +382,7 @@ def serve(args: argparse.Namespace) -> int:
         on_startup=[startup],
         on_shutdown=[shutdown],
         push_handler=link.accept_push if link is not None else None,
+        bundle_handler=link.accept_bundle_push if link is not None else None,
         token_verifier=token_verifier,
     )
     config = uvicorn.Config(

@@ -15,7 +15,7 @@ import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -188,6 +188,12 @@ class AgentMetrics:
         # Filled by the server: callables reading live state at scrape time.
         self.models_loaded = lambda: 0
         self.queue_depth = lambda: 0
+        # The policy bundle enforced (None: none yet) and seconds since it was last known
+        # current (inference/bundle_store.py).
+        self.bundle_revision: Callable[[], int | None] = lambda: None
+        self.bundle_age_s: Callable[[], float | None] = lambda: None
+        # Routing decisions by (action, rule): both come from small fixed sets (policy.py).
+        self.decisions: dict[tuple[str, str], int] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         ProcessCollector(namespace="outpost", registry=self.registry)
@@ -290,3 +296,26 @@ class _Collector(Collector):
         for outcome, count in m.heartbeats.items():
             heartbeats.add_metric([outcome], count)
         yield heartbeats
+
+        revision = m.bundle_revision()
+        if revision is not None:
+            gauge = GaugeMetricFamily(
+                "outpost_policy_bundle_revision", "Revision of the policy bundle enforced"
+            )
+            gauge.add_metric([], revision)
+            yield gauge
+            age = GaugeMetricFamily(
+                "outpost_policy_bundle_age_seconds",
+                "Seconds since the enforced bundle was issued or last confirmed current",
+            )
+            age.add_metric([], m.bundle_age_s() or 0.0)
+            yield age
+
+        decisions = CounterMetricFamily(
+            "outpost_routing_decisions",
+            "Routing decisions by action (local, offload, refuse) and the rule that made them",
+            labels=["action", "rule"],
+        )
+        for (action, rule), count in sorted(m.decisions.items()):
+            decisions.add_metric([action, rule], count)
+        yield decisions

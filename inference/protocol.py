@@ -136,6 +136,36 @@ class LoadedModel(WireModel):
     outputs: list[OutputWindow] = Field(default_factory=list, max_length=DRIFT_MAX_PENDING)
 
 
+# --- decision logs -----------------------------------------------------------------------------
+#
+# A node samples its routing decisions (every refusal and offload, one local decision in
+# DECISIONS_LOCAL_SAMPLE) and reports them with the bundle revision that made them, so an
+# operator can look up why a request id was offloaded or refused (fleet.DecisionLog).
+
+DECISIONS_MAX_PENDING = 500
+DECISIONS_LOCAL_SAMPLE = 20
+DecisionAction = Literal["local", "offload", "refuse"]
+
+
+class DecisionRecord(WireModel):
+    request_id: str = Field(max_length=100)
+    at: AwareDatetime
+    tenant: str | None = Field(None, max_length=50)
+    model: str = Field(max_length=200)
+    action: DecisionAction
+    rule: str = Field(max_length=40, description="The rule of inference/policy.py that decided")
+    reason: str = Field(max_length=500)
+    status: int = Field(ge=100, le=599)
+    served_by: Literal["local", "regional"] | None = None
+    # The pool node a request was offloaded to (its uid), if any.
+    target: str | None = Field(None, max_length=40)
+    bundle_revision: int | None = None
+    price: str | None = Field(None, pattern=r"^\d{1,12}(\.\d{1,12})?$")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    temperature_c: float | None = None
+    queue_depth: int | None = Field(None, ge=0)
+
+
 class HeartbeatReport(WireModel):
     """What a node says about itself, every few seconds."""
 
@@ -147,10 +177,18 @@ class HeartbeatReport(WireModel):
     cpu_load: float = Field(ge=0, description="Load average over 1 min divided by cores")
     memory_pressure: float = Field(ge=0, le=1, description="Share of memory in use, 0..1")
     temperature_c: float | None = Field(default=None, description="Hottest sensor, if exposed")
+    # True while the console simulates this node's temperature (HeartbeatReply
+    # .simulated_temperature_c): temperature_c is then the simulation's, not a sensor's.
+    temperature_simulated: bool = False
     queue_depth: int = Field(ge=0)
     requests_total: int = Field(ge=0, description="Inferences answered since start")
     errors_total: int = Field(ge=0, description="Inferences that failed since start")
-    bundle_revision: int | None = None
+    bundle_revision: int | None = Field(None, description="The policy bundle this node enforces")
+    # Why the last bundle offered to the node was refused (tampered, expired, older…), if one
+    # was since it activated its current one.
+    bundle_problem: str | None = Field(None, max_length=500)
+    # Sampled routing decisions not yet acknowledged by the console (a 200 acknowledges them).
+    decisions: list[DecisionRecord] = Field(default_factory=list, max_length=DECISIONS_MAX_PENDING)
 
 
 ARTIFACT_PATH = "/api/v1/nodes/artifacts/{sha256}"
@@ -201,7 +239,11 @@ class HeartbeatReply(ConsoleMessage):
     status: Literal["online", "degraded", "offline"]
     heartbeat_interval_s: int
     server_time: datetime
+    # The newest policy bundle: a node enforcing an older one (or none) fetches BUNDLE_PATH.
     desired_bundle_revision: int | None = None
+    # An operator is simulating this node's temperature (a demo of thermal offload): the node
+    # moves its reading toward this value instead of reading its sensors. None: real sensors.
+    simulated_temperature_c: float | None = Field(None, ge=-50, le=200)
     # None: the console manages no models on this node. A list: exactly these console-managed
     # versions should be served (models found in the agent's --models folder stay as they are).
     desired_models: list[DesiredVersion] | None = None
@@ -523,6 +565,9 @@ class TenantRules(WireModel):
     fail_closed_after_s: int | None = Field(None, ge=1)
     # The residency zone the tenant's data must stay in (e.g. EU); None: not bound.
     residency_zone: str | None = Field(None, max_length=10)
+    # Requests per second one node admits for the tenant (a token bucket holding as many);
+    # beyond it, 429 with Retry-After. None: no limit. Set by operators.
+    rate_limit_per_s: int | None = Field(None, ge=1)
 
 
 class PoolNode(WireModel):
@@ -558,6 +603,18 @@ class ClassThresholds(WireModel):
     thermal_envelope_c: float | None = None
     # The most one grade's inferences may cost to serve on this class, per 1,000.
     cost_ceilings: dict[str, str] = Field(default_factory=dict)
+    # What an hour of one node of this class costs (fleet/costs.py), in the same currency as
+    # the ceilings: with its measured run time per inference a node knows what an inference
+    # costs it to serve, and compares that with the ceiling.
+    hourly_cost: str | None = Field(None, pattern=DECIMAL_PATTERN)
+
+
+class ModelGrade(WireModel):
+    """The grade of the models served under a name: it prices a request and picks its cost
+    ceiling, also on a node that does not serve the model (an offload is priced too)."""
+
+    name: str = Field(max_length=200)
+    grade: Grade
 
 
 class PolicyBundle(WireModel):
@@ -569,7 +626,11 @@ class PolicyBundle(WireModel):
     routes: list[Route] = Field(default_factory=list)
     prices: list[PriceRow] = Field(default_factory=list)
     thresholds: list[ClassThresholds] = Field(default_factory=list)
+    models: list[ModelGrade] = Field(default_factory=list)
     revoked_tokens: list[str] = Field(default_factory=list, description="Token ids")
+    # Console public keys (base64) nodes trust for the next bundles and tokens: the current
+    # one and, during a rotation, the next one published ahead of its use.
+    trusted_keys: list[str] = Field(default_factory=list, max_length=4)
 
 
 class SignedBundle(ConsoleMessage):

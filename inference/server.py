@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
 PushHandler = Callable[[bytes, str | None], tuple[int, str]]
+BundleHandler = Callable[[bytes], tuple[int, str]]
 
 SERVER_NAME = "outpost-agent"
 EXTENSIONS = ["model_repository", "model_configuration", "binary_tensor_data"]
@@ -71,9 +72,12 @@ class AgentApp:
         on_startup: list[Hook] | None = None,
         on_shutdown: list[Hook] | None = None,
         push_handler: PushHandler | None = None,
+        bundle_handler: BundleHandler | None = None,
         token_verifier: TokenVerifier | None = None,
     ) -> None:
         self.repository = repository
+        # Activates a policy bundle the console pushed (ConsoleLink.accept_bundle_push).
+        self.bundle_handler = bundle_handler
         # Verifies and applies a desired state the console pushed (ConsoleLink.accept_push);
         # None when the agent runs standalone.
         self.push_handler = push_handler
@@ -97,6 +101,7 @@ class AgentApp:
             "/metrics": ("GET", self._metrics),
             "/v2/repository/index": ("POST", self._repository_index),
             protocol.DESIRED_PUSH_PATH: ("POST", self._desired_push),
+            protocol.BUNDLE_PUSH_PATH: ("POST", self._bundle_push),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -327,6 +332,19 @@ class AgentApp:
             None,
         )
         status, message = self.push_handler(body, signature)
+        await respond(send, status, b"{}" if status == 200 else error_body(message))
+
+    async def _bundle_push(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.bundle_handler is None:
+            await respond(send, 404, error_body("this agent runs standalone: it has no policy"))
+            return
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
+        try:
+            body = await read_body(receive, self.max_body_bytes, declared)
+        except BodyTooLarge as exc:
+            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+            return
+        status, message = self.bundle_handler(body)
         await respond(send, status, b"{}" if status == 200 else error_body(message))
 
     # --- /v2/repository/... (Triton's model repository extension) ---------------------------

@@ -6,9 +6,10 @@ Ed25519 verification (~100 µs) and the parsing; the verifier then keeps the cla
 raw header bytes in a bounded LRU, so every later request with that token costs a dict lookup
 and a float comparison with `time.time()`: no pydantic, no datetime on that path.
 
-Tokens are not required yet: a request without an Authorization header is served as before,
-with no tenant. A header that is there must hold a valid token. Revocation, required tokens
-and spending caps come with the signed policy bundle.
+An enrolled node requires a token on every inference request (`required`); a standalone one
+(no console) has no keys and ignores the header. Revoked token ids arrive with the signed
+policy bundle (inference/bundle_store.py sets `revoked`), and a revoked token is refused even
+when its verification is cached.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class TokenVerifier:
         self._cache: OrderedDict[bytes, tuple[float, TokenClaims]] = OrderedDict()
         # Full verifications (signature and parsing) so far: the cache's tests count them.
         self.verifications = 0
+        # Token ids the console revoked (from the active policy bundle).
+        self.revoked: frozenset[str] = frozenset()
+        # A request without a token is refused (an enrolled node); else it has no tenant.
+        self.required = False
         for key in keys:
             self.trust(key)
 
@@ -102,6 +107,11 @@ class TokenVerifier:
         for name, value in headers:
             if name == _AUTHORIZATION:
                 return self.claims(value).tenant
+        if self.required:
+            raise TokenError(
+                "this node serves tenants only: send 'Authorization: Bearer <token>' with a "
+                f"token from the console's {protocol.TOKENS_PATH}"
+            )
         return None
 
     def claims(self, header: bytes) -> TokenClaims:
@@ -111,6 +121,8 @@ class TokenVerifier:
         if entry is not None:
             expires, claims = entry
             if self.clock() < expires:
+                if claims.token_id in self.revoked:
+                    raise _revoked(claims)
                 self._cache.move_to_end(header)
                 return claims
             del self._cache[header]
@@ -136,6 +148,8 @@ class TokenVerifier:
             )
         self.verifications += 1
         claims = protocol.verify_token(self.keys, token, datetime.fromtimestamp(self.clock(), UTC))
+        if claims.token_id in self.revoked:
+            raise _revoked(claims)
         if self.scope not in claims.scopes:
             raise InsufficientScope(
                 f"the token allows {', '.join(claims.scopes)}, not {self.scope}"
@@ -144,3 +158,10 @@ class TokenVerifier:
         if len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return claims
+
+
+def _revoked(claims: TokenClaims) -> TokenError:
+    return TokenError(
+        f"the token {claims.token_id} was revoked by the console; get a new one from "
+        f"{protocol.TOKENS_PATH}"
+    )

@@ -1,7 +1,9 @@
 """The fleet's models: nodes and their history (nodes.py), the model registry (registry.py),
 deployments (rollouts.py), drift telemetry (drift.py), per-tenant pins (pins.py), tenant
-policies, accelerator pools and their histories (policies.py)."""
+policies, accelerator pools and their histories (policies.py), signed policy bundles and the
+decisions nodes report (bundles.py)."""
 
+from fleet.models.bundles import BundleCompileFailure, DecisionLog, PolicyBundleRecord
 from fleet.models.drift import DriftAlert, DriftWindow
 from fleet.models.nodes import (
     EnrollmentToken,
@@ -24,6 +26,8 @@ from fleet.models.rollouts import Deployment, DeploymentEvent
 
 __all__ = [
     "AcceleratorPool",
+    "BundleCompileFailure",
+    "DecisionLog",
     "Deployment",
     "DeploymentEvent",
     "DriftAlert",
@@ -37,6 +41,7 @@ __all__ = [
     "NodeQuerySet",
     "NodeSample",
     "NodeStatusChange",
+    "PolicyBundleRecord",
     "PolicyChange",
     "Region",
     "TenantPin",

@@ -206,6 +206,18 @@ class Node(models.Model):
     errors_total = models.BigIntegerField(default=0)
     models_loaded = models.JSONField(default=list, blank=True)
     bundle_revision = models.BigIntegerField(null=True, blank=True)
+    # Why the node refused the last bundle offered to it (tampered, expired, older…), if it did.
+    bundle_problem = models.CharField(max_length=500, blank=True)
+    # The reported temperature came from the simulation below, not from a sensor.
+    temperature_simulated = models.BooleanField(default=False)
+    # An operator's simulated temperature for this node (a demo of thermal offload), sent in
+    # every heartbeat answer; empty: the node reads its sensors.
+    simulated_temperature_c = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(-50), MaxValueValidator(200)],
+        verbose_name="simulated temperature (°C)",
+    )
 
     objects = NodeQuerySet.as_manager()
 
@@ -255,12 +267,14 @@ class Node(models.Model):
             node.cpu_load = report.cpu_load
             node.memory_pressure = report.memory_pressure
             node.temperature_c = report.temperature_c
+            node.temperature_simulated = report.temperature_simulated
             node.queue_depth = report.queue_depth
             node.requests_total = report.requests_total
             node.errors_total = report.errors_total
             # The output windows go to DriftWindow rows (fleet.drift_actions), not here.
             node.models_loaded = [m.model_dump(exclude={"outputs"}) for m in report.models]
             node.bundle_revision = report.bundle_revision
+            node.bundle_problem = report.bundle_problem or ""
             node._flip_to(node.derived_status(now), reason, now)
             node.save()
             NodeSample.objects.create(

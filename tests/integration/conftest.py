@@ -59,8 +59,10 @@ def start_process(tmp_path):
         )
         proc.log_path = tmp_path / f"{name}.log"
         processes.append((proc, log))
+        start.by_name[name] = proc
         return proc
 
+    start.by_name = {}
     yield start
     for proc, log in processes:
         # Printed output is shown only when the test fails: then it says what the process did.
