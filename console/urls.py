@@ -4,7 +4,7 @@ from django.urls import include, path
 
 from console import views
 from console.api import api
-from fleet import deployment_urls, policy_urls
+from fleet import bundle_urls, deployment_urls, policy_urls
 from fleet.registry_urls import operator_urlpatterns, portal_urlpatterns
 
 urlpatterns = [
@@ -14,6 +14,8 @@ urlpatterns = [
     path("fleet/models/", include((operator_urlpatterns, "registry"))),
     path("fleet/deployments/", include(deployment_urls)),
     path("fleet/policies/", include(policy_urls)),
+    path("fleet/bundles/", include(bundle_urls)),
+    path("fleet/decisions/", include((bundle_urls.decision_urlpatterns, "decisions"))),
     path("fleet/", include("fleet.urls")),
     path("portal/<slug:tenant>/models/", include((portal_urlpatterns, "portal_models"))),
     path(

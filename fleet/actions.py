@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import onnx
 from django.conf import settings
@@ -14,7 +14,16 @@ from django.utils import timezone
 
 from fleet import artifacts
 from fleet.choices import VersionStatus
-from fleet.models import EnrollmentToken, Model, ModelVersion, Node, NodeClass
+from fleet.models import (
+    BundleCompileFailure,
+    EnrollmentToken,
+    Model,
+    ModelVersion,
+    Node,
+    NodeClass,
+    PolicyBundleRecord,
+)
+from fleet.policy_plane import publish_bundle
 from fleet.tasks import grade_version_task
 from inference.protocol import EnrollRequest, hash_secret
 
@@ -184,3 +193,27 @@ def calibrate_speed_factors() -> dict[str, float]:
                 node_class.save(update_fields=["speed_factor"])
                 changed[node_class.name] = factor
     return changed
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What an operator's "Publish now" did: a new revision, nothing (the newest one already
+    says it all), or the compiler's refusal."""
+
+    record: PolicyBundleRecord | None
+    refused: BundleCompileFailure | None
+    latest: int | None  # the newest revision after the attempt
+
+
+def publish_bundle_now(*, acting_user) -> Publication:
+    """Compile and, when the policy changed, sign and push the next bundle at once instead of
+    waiting for the beat's periodic check (fleet.policy_plane.publish_bundle)."""
+    now = timezone.now()
+    record = publish_bundle([f"published by {acting_user}"], now=now)
+    if record is not None:
+        return Publication(record=record, refused=None, latest=record.revision)
+    # publish_bundle stamps its refusal with the `now` it was given.
+    refused = BundleCompileFailure.objects.filter(at=now).first()
+    return Publication(
+        record=None, refused=refused, latest=PolicyBundleRecord.objects.latest_revision()
+    )

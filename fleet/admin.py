@@ -76,6 +76,10 @@ class NodeAdmin(admin.ModelAdmin):
         "errors_total",
         "models_loaded",
         "bundle_revision",
+        "bundle_problem",
+        "temperature_simulated",
+        # Set on the node page or with the API (Node.simulate_temperature), which audit it.
+        "simulated_temperature_c",
     ]
     inlines = [NodeStatusChangeInline]
 
@@ -179,6 +183,7 @@ class TenantPolicyAdmin(ReadOnlyAdmin):
         "max_spend_per_session",
         "on_budget_exhausted",
         "fail_closed_after_s",
+        "rate_limit_per_s",
         "revision",
         "updated_at",
     ]

@@ -22,7 +22,7 @@ from fleet.actions import EnrollmentError, enroll_node, register_model_version
 from fleet.artifacts import InvalidArtifact
 from fleet.choices import NodeStatus, Strategy
 from fleet.drift_actions import record_windows
-from fleet.forms import EnrollForm
+from fleet.forms import EnrollForm, ThermalSimulationForm
 from fleet.models import (
     Deployment,
     DeploymentEvent,
@@ -61,6 +61,8 @@ from fleet.schemas import (
     NodeOut,
     PinIn,
     RegionOut,
+    ThermalSimulationIn,
+    ThermalSimulationOut,
 )
 from inference import protocol
 
@@ -244,6 +246,29 @@ def create_enrollment_token(request: HttpRequest, body: EnrollmentTokenIn):
 def form_errors(form) -> str:
     """A form's errors as one line for an API error body: "field: message; …"."""
     return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in form.errors.items())
+
+
+@fleet_router.post(
+    "/nodes/{uid}/simulation",
+    response={200: ThermalSimulationOut, 400: protocol.ErrorBody, 404: protocol.ErrorBody},
+    summary="Simulate a node's temperature (a demo of thermal offload); null stops it",
+)
+def simulate_node_temperature(request: HttpRequest, uid: str, body: ThermalSimulationIn):
+    node = Node.objects.filter(uid=uid).first()
+    if node is None:
+        raise HttpError(404, f"no node {uid}")
+    stop = body.temperature_c is None
+    form = ThermalSimulationForm({"temperature_c": body.temperature_c, "stop": stop}, node=node)
+    changed = form.save(actor=request.auth) if form.is_valid() else None
+    if changed is None:
+        raise HttpError(400, form_errors(form))
+    return ThermalSimulationOut(
+        uid=node.uid,
+        simulated_temperature_c=node.simulated_temperature_c,
+        temperature_c=node.temperature_c,
+        temperature_simulated=node.temperature_simulated,
+        changed=changed,
+    )
 
 
 # --- the model registry -------------------------------------------------------------------

@@ -220,6 +220,33 @@ def check_bundle(bundle: PolicyBundle) -> list[str]:
     return problems
 
 
+def bundle_warnings(bundle: PolicyBundle) -> list[str]:
+    """What a bundle lets through but an operator should fix: requests it cannot price. A node
+    states no cost for them and cannot hold their session to its spend cap."""
+    priced = {(p.grade, p.serving, p.currency) for p in bundle.prices}
+    grades = sorted({m.grade for m in bundle.models})
+    warnings = []
+    for currency in sorted({t.currency for t in bundle.tenants}):
+        missing = [
+            f"{grade} {serving}"
+            for grade in grades
+            for serving in ("local", "regional")
+            if (grade, serving, currency) not in priced
+        ]
+        if not missing:
+            continue
+        capped = sorted(
+            t.slug
+            for t in bundle.tenants
+            if t.currency == currency and t.max_spend_per_session is not None
+        )
+        warning = f"no {currency} price for {', '.join(missing)}: such requests state no cost"
+        if capped:
+            warning += f", and the spend caps of {', '.join(capped)} cannot hold them"
+        warnings.append(warning)
+    return warnings
+
+
 def diff_bundles(old: PolicyBundle, new: PolicyBundle) -> list[str]:
     """What changed from `old` to `new`, one line per change, for people."""
     lines: list[str] = []

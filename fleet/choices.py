@@ -143,3 +143,23 @@ class SettingKind(models.TextChoices):
 
     NODE_CLASS = "node_class", "Node class"
     ACCELERATOR_POOL = "accelerator_pool", "Accelerator pool"
+    # An operator simulating a node's temperature (fleet.models.Node.simulate_temperature).
+    THERMAL_SIMULATION = "thermal_simulation", "Thermal simulation"
+
+
+# --- the policy plane (fleet.models.bundles) ------------------------------------------------
+
+
+class DecisionAction(models.TextChoices):
+    """What a node did with a request (inference/policy.py's Decision.action)."""
+
+    LOCAL = "local", "Served here"
+    OFFLOAD = "offload", "Offloaded"
+    REFUSE = "refuse", "Refused"
+
+
+DECISION_BADGE = {
+    DecisionAction.LOCAL: "success",
+    DecisionAction.OFFLOAD: "primary",
+    DecisionAction.REFUSE: "danger",
+}

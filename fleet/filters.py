@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import django_filters
+from django import forms
 from django.db.models import Q, QuerySet
 
 from billing.models import Tenant
-from fleet.choices import DeploymentState, Grade, NodeStatus, PrivacyMode, VersionStatus
-from fleet.models import Deployment, Model, ModelVersion, Node, NodeClass, Region, TenantPolicy
+from fleet.choices import (
+    DecisionAction,
+    DeploymentState,
+    Grade,
+    NodeStatus,
+    PrivacyMode,
+    VersionStatus,
+)
+from fleet.models import (
+    DecisionLog,
+    Deployment,
+    Model,
+    ModelVersion,
+    Node,
+    NodeClass,
+    Region,
+    TenantPolicy,
+)
 
 
 class NodeFilterSet(django_filters.FilterSet):
@@ -173,3 +190,50 @@ class TenantPolicyFilterSet(django_filters.FilterSet):
         if not value:
             return queryset
         return queryset.filter(Q(tenant__slug__icontains=value) | Q(tenant__name__icontains=value))
+
+
+class DecisionLogFilterSet(django_filters.FilterSet):
+    """Filters the routing decisions nodes reported: a request id finds every node's
+    decision about that request; the rest narrow by who, where, what and when. Names in the
+    address are the ones the nodes report (?tenant=acme&node=<uid>&rule=thermal)."""
+
+    request_id = django_filters.CharFilter(label="Request id")
+    tenant = django_filters.CharFilter(label="Tenant")
+    node = django_filters.ModelChoiceFilter(
+        queryset=Node.objects.order_by("name"), to_field_name="uid", empty_label="Any node"
+    )
+    action = django_filters.ChoiceFilter(
+        choices=DecisionAction.choices, empty_label="Any action", label="Action"
+    )
+    rule = django_filters.CharFilter(label="Rule")
+    since = django_filters.IsoDateTimeFilter(
+        field_name="at",
+        lookup_expr="gte",
+        label="From (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+    until = django_filters.IsoDateTimeFilter(
+        field_name="at",
+        lookup_expr="lt",
+        label="Until (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+
+    class Meta:
+        model = DecisionLog
+        fields = ["request_id", "tenant", "node", "action", "rule", "since", "until"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        placeholders = {
+            "request_id": "the request's id",
+            "tenant": "slug",
+            "rule": "e.g. thermal",
+        }
+        for name, field in self.form.fields.items():
+            css = "form-select" if name in ("node", "action") else "form-control"
+            field.widget.attrs["class"] = css
+            if name in placeholders:
+                field.widget.attrs.update(
+                    {"placeholder": placeholders[name], "spellcheck": "false"}
+                )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from billing.models import Tenant
-from fleet import artifacts
+from fleet import artifacts, simulator
 from fleet.actions import register_model_version
 from fleet.choices import (
     BUDGET_ACTION_HELP,
@@ -36,9 +37,11 @@ from fleet.models import (
     ModelVersion,
     Node,
     NodeClass,
+    PolicyBundleRecord,
     Region,
     TenantPolicy,
 )
+from fleet.models.nodes import SIMULATED_MAX_C, SIMULATED_MIN_C
 from fleet.models.policies import MAX_SENSITIVE_FIELDS, TENANT_FIELDS
 from fleet.policies import (
     StalePolicy,
@@ -48,7 +51,7 @@ from fleet.policies import (
 )
 from fleet.rollout_actions import RolloutError, start_rollout
 from fleet.rollouts import Gates, parse_steps
-from inference.protocol import SIGNAL_TYPES
+from inference.protocol import SIGNAL_TYPES, PolicyBundle
 
 # The longest an enrollment token may live: a month, as the API allows (fleet.schemas).
 MAX_TOKEN_TTL_H = 24 * 30
@@ -582,6 +585,29 @@ class FailClosedForm(BootstrapForm):
             return None
 
 
+class RateLimitForm(BootstrapForm):
+    """An operator's per-tenant rate limit: each node admits at most this many of the tenant's
+    requests per second, and answers 429 with Retry-After beyond it."""
+
+    rate_limit_per_s = forms.IntegerField(
+        required=False,
+        label="Rate limit (requests/s per node)",
+        help_text="Empty: no limit.",
+    )
+
+    def save(self, tenant: Tenant, *, actor) -> TenantPolicy | None:
+        try:
+            return update_policy(
+                tenant,
+                {"rate_limit_per_s": self.cleaned_data["rate_limit_per_s"]},
+                actor=actor,
+                actor_kind=PolicyActorKind.OPERATOR,
+            )
+        except ValidationError as exc:
+            add_validation_errors(self, exc)
+            return None
+
+
 class NodeClassThresholdsForm(BootstrapForm):
     """A node class's thermal envelope and cost ceilings per grade (fleet.policies.
     set_node_class_thresholds). Prefixed by the class, as the page shows one per class."""
@@ -680,3 +706,212 @@ class AcceleratorPoolForm(BootstrapForm):
         except ValidationError as exc:
             add_validation_errors(self, exc)
             return None
+
+
+# --- the policy plane (fleet.bundle_views, fleet.views, fleet.policy_views) --------------------
+
+
+class ThermalSimulationForm(BootstrapForm):
+    """Set or stop a node's simulated temperature, from the node page's card and from
+    `POST /api/v1/fleet/nodes/{uid}/simulation`. The range is Node.simulate_temperature's."""
+
+    temperature_c = forms.FloatField(
+        required=False,
+        label="Simulated temperature (°C)",
+        widget=forms.NumberInput(attrs={"step": "0.5", "inputmode": "decimal"}),
+        error_messages={"invalid": "Give the temperature as a number of °C, e.g. 85."},
+    )
+    # Set by the Stop button (and by a null temperature in the API).
+    stop = forms.BooleanField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, node: Node, **kwargs) -> None:
+        kwargs.setdefault("initial", {"temperature_c": node.simulated_temperature_c})
+        super().__init__(*args, **kwargs)
+        self.node = node
+        self.fields["temperature_c"].widget.attrs.update(
+            {"min": SIMULATED_MIN_C, "max": SIMULATED_MAX_C, "placeholder": "e.g. 85"}
+        )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if not data.get("stop") and data.get("temperature_c") is None and not self.errors:
+            self.add_error("temperature_c", "Give a temperature in °C, or stop the simulation.")
+        return data
+
+    @property
+    def target(self) -> float | None:
+        return None if self.cleaned_data["stop"] else self.cleaned_data["temperature_c"]
+
+    def save(self, *, actor) -> bool | None:
+        """Apply it; whether it changed anything, or None when refused (reasons on the form)."""
+        try:
+            return self.node.simulate_temperature(self.target, actor=actor)
+        except ValidationError as exc:
+            add_validation_errors(self, ValidationError({"temperature_c": exc.messages}))
+            return None
+
+
+class BundleCompareForm(BootstrapForm):
+    """A revision page's ?against=N: the other revision to diff this one against."""
+
+    against = forms.IntegerField(
+        min_value=1,
+        label="Compare with revision",
+        error_messages={"invalid": "A revision is a whole number, e.g. 12."},
+    )
+
+    def clean_against(self) -> PolicyBundleRecord:
+        revision = self.cleaned_data["against"]
+        record = PolicyBundleRecord.objects.filter(revision=revision).first()
+        if record is None:
+            raise forms.ValidationError(f"There is no revision {revision}.")
+        return record
+
+
+MODEL_LOADED_CHOICES = [
+    ("", "As the node reports"),
+    ("yes", "Loaded and ready"),
+    ("no", "Not loaded"),
+]
+
+
+class SimulatorForm(BootstrapForm):
+    """What to try in the policy simulator (fleet.simulator), on its page (a GET form, so a
+    scenario can be shared as a link) and in `POST /api/v1/policy/simulate`. Every node field
+    left empty takes what the node last reported; `bundle` is the newest one, whose tenants
+    and models the tenant and model fields suggest (any text may be tried)."""
+
+    tenant = forms.CharField(
+        max_length=50,
+        help_text="A tenant's slug. One the bundle does not know is refused, as on a node.",
+    )
+    model = forms.CharField(
+        max_length=200,
+        label="Model",
+        help_text="The name it is served under on the nodes (a tenant's models: tenant.name).",
+    )
+    node = forms.ModelChoiceField(
+        queryset=Node.objects.select_related("region", "node_class").order_by(
+            "region__code", "name"
+        ),
+        to_field_name="uid",
+        empty_label="Choose a node",
+        error_messages={"invalid_choice": "There is no node “%(value)s”."},
+    )
+    grade = forms.ChoiceField(
+        required=False,
+        choices=[("", "As the bundle grades the model"), *Grade.choices],
+        help_text="Needed for a model the bundle does not grade.",
+    )
+    temperature_c = forms.FloatField(
+        required=False,
+        min_value=-50,
+        max_value=200,
+        label="Temperature (°C)",
+        help_text="Empty: the node's last reported temperature.",
+    )
+    trend_c_per_min = forms.FloatField(
+        required=False,
+        min_value=-100,
+        max_value=100,
+        label="Temperature trend (°C per minute)",
+        help_text="Rising temperatures shed best-effort traffic before the envelope is reached.",
+    )
+    queue_depth = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=10**6,
+        label="Queue depth",
+        help_text="Empty: the node's last reported queue.",
+    )
+    queue_limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10**6,
+        label="Queue limit",
+        help_text=f"Empty: the agent's default, {simulator.DEFAULT_QUEUE_LIMIT}.",
+    )
+    model_loaded = forms.ChoiceField(
+        required=False,
+        choices=MODEL_LOADED_CHOICES,
+        label="Model on this node",
+        help_text="As the node reports: from the models its last heartbeat listed as ready.",
+    )
+    cost_per_1000 = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=21,
+        decimal_places=9,
+        label="Cost per 1,000 inferences",
+        help_text="What serving costs this node, in its class's currency. Empty: computed from "
+        "the class's hourly cost and the node's measured run time, when it has one.",
+    )
+    session_spent = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=21,
+        decimal_places=9,
+        label="Session spent so far",
+        help_text="In the tenant's currency; against its max spend per session.",
+    )
+    bundle_age_s = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=10**8,
+        label="Bundle age (s)",
+        help_text="Since the node last knew its bundle current; against fail-closed limits.",
+    )
+
+    INITIAL = {"trend_c_per_min": 0, "session_spent": "0", "bundle_age_s": 0}
+
+    def __init__(self, *args, bundle: PolicyBundle, **kwargs) -> None:
+        kwargs["initial"] = {**self.INITIAL, **kwargs.get("initial", {})}
+        super().__init__(*args, **kwargs)
+        self.bundle = bundle
+        self.tenant_suggestions = sorted(t.slug for t in bundle.tenants)
+        self.model_suggestions = simulator.served_models(bundle)
+        self.fields["node"].label_from_instance = lambda node: (
+            f"{node.name} · {node.region.code} · {node.node_class.name}"
+        )
+        attrs = {
+            "tenant": {"list": "simulator-tenants", "spellcheck": "false", "autocomplete": "off"},
+            "model": {"list": "simulator-models", "spellcheck": "false", "autocomplete": "off"},
+            "temperature_c": {"placeholder": "reported", "step": "any"},
+            "trend_c_per_min": {"step": "any"},
+            "queue_depth": {"placeholder": "reported"},
+            "queue_limit": {"placeholder": str(simulator.DEFAULT_QUEUE_LIMIT)},
+            "cost_per_1000": {"placeholder": "as the node computes it", "step": "any"},
+            "session_spent": {"step": "any"},
+            "bundle_age_s": {"step": "any"},
+        }
+        for name, extra in attrs.items():
+            self.fields[name].widget.attrs.update(extra)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        model, grade = data.get("model"), data.get("grade")
+        if model and not grade and simulator.grade_of(self.bundle, model) is None:
+            self.add_error(
+                "grade",
+                f"Bundle revision {self.bundle.revision} does not grade “{model}” (no graded "
+                "version is served under that name): choose the grade to try it with.",
+            )
+        return data
+
+    def scenario(self) -> simulator.Scenario:
+        data = self.cleaned_data
+        loaded = data["model_loaded"]
+        return simulator.Scenario(
+            tenant=data["tenant"],
+            model=data["model"],
+            node=data["node"],
+            grade=data["grade"] or None,
+            temperature_c=data["temperature_c"],
+            trend_c_per_min=data["trend_c_per_min"] or 0.0,
+            queue_depth=data["queue_depth"],
+            queue_limit=data["queue_limit"],
+            model_loaded=None if not loaded else loaded == "yes",
+            cost_per_1000=data["cost_per_1000"],
+            session_spent=data["session_spent"] or Decimal(0),
+            bundle_age_s=data["bundle_age_s"] or 0.0,
+        )

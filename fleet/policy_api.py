@@ -1,4 +1,5 @@
-"""A tenant's own policy in /api/v1: `GET /api/v1/policy` and `PUT /api/v1/policy`.
+"""A tenant's own policy in /api/v1: `GET /api/v1/policy` and `PUT /api/v1/policy`; and, for
+operators, the policy simulator: `POST /api/v1/policy/simulate`.
 
 The API key names the tenant: there is no tenant in the address, so a key can neither read
 nor change another tenant's policy. A PUT changes only the fields it gives (the others keep
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError
@@ -18,12 +20,14 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
 from pydantic import ConfigDict, Field, WithJsonSchema
 
-from billing.auth import ApiKeyAuth
+from billing.auth import ApiKeyAuth, staff_session
 from billing.models import ApiKey
 from fleet.choices import BudgetAction, Fallback, PolicyActorKind, PrivacyMode, QualityObjective
-from fleet.models import TenantPolicy
-from fleet.models.policies import POLICY_FIELDS
+from fleet.forms import SimulatorForm
+from fleet.models import PolicyBundleRecord, TenantPolicy
+from fleet.models.policies import POLICY_FIELDS, format_amount
 from fleet.policies import StalePolicy, update_policy
+from fleet.simulator import Simulation, simulate
 from inference import protocol
 
 policy_router = Router(tags=["policy"], auth=ApiKeyAuth())
@@ -40,6 +44,10 @@ class PolicyOut(Schema):
     sensitive_fields: list[str]
     on_budget_exhausted: BudgetAction
     fail_closed_after_s: int | None = Field(description="Set by the provider's operators")
+    rate_limit_per_s: int | None = Field(
+        description="Set by the provider's operators: requests per second each node admits "
+        "(429 with Retry-After beyond); null: no limit"
+    )
     updated_at: datetime
 
 
@@ -68,6 +76,9 @@ BudgetActionIn = _loose(_enum(BudgetAction), "alert, downgrade or block")
 FailClosedIn = _loose(
     {"type": ["integer", "null"]}, "Read-only for tenants: may be sent back unchanged"
 )
+RateLimitIn = _loose(
+    {"type": ["integer", "null"]}, "Read-only for tenants: may be sent back unchanged"
+)
 RevisionIn = _loose({"type": "integer"}, "Optional: refuse the change unless it is current")
 ReadOnlyIn = _loose({"type": "string"}, "Read-only: may be sent back, is ignored")
 
@@ -86,6 +97,7 @@ class PolicyIn(Schema):
     sensitive_fields: FieldNamesIn = None
     on_budget_exhausted: BudgetActionIn = None
     fail_closed_after_s: FailClosedIn = None
+    rate_limit_per_s: RateLimitIn = None
     tenant: ReadOnlyIn = None
     currency: ReadOnlyIn = None
     revision: RevisionIn = None
@@ -214,3 +226,109 @@ def put_policy(request: HttpRequest, response: HttpResponse):
         return _invalid(exc.message_dict)
     policy.tenant = tenant
     return _answer(response, policy)
+
+
+# --- the policy simulator (operators) ---------------------------------------------------------
+
+
+class SimulationIn(Schema):
+    """A request to try and the node it reaches. Every node field left out (or null) is what
+    the node last reported, as on the simulator page; the rules are fleet.forms.SimulatorForm's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(description="The tenant's slug")
+    model: str = Field(description="The served model name (a tenant's models: tenant.name)")
+    node: str = Field(description="The node's uid")
+    grade: str | None = Field(None, description="tiny, medium or large; default: the bundle's")
+    temperature_c: float | None = Field(None, description="°C; default: the node's reported")
+    trend_c_per_min: float | None = Field(None, description="°C per minute; default 0")
+    queue_depth: int | None = Field(None, description="Default: the node's reported")
+    queue_limit: int | None = Field(None, description="Default: the agent's default")
+    model_loaded: bool | None = Field(
+        None, description="The model is loaded and ready on the node; default: as reported"
+    )
+    cost_per_1000: Decimal | None = Field(
+        None,
+        description="What 1,000 inferences cost the node to serve; default: computed from its "
+        "class's hourly cost and its measured run time, or unknown",
+    )
+    session_spent: Decimal | None = Field(None, description="In the tenant's currency; default 0")
+    bundle_age_s: float | None = Field(None, description="Seconds; default 0")
+
+
+class SimulationInputOut(Schema):
+    name: str
+    value: str
+    source: str = Field(description="set, reported by the node, default, or how it was computed")
+
+
+class SimulationOut(Schema):
+    bundle_revision: int = Field(description="The newest bundle, which the decision was made under")
+    tenant: str
+    model: str
+    node: str
+    action: str = Field(description="local, offload or refuse")
+    status: int = Field(description="The HTTP status the node answers with")
+    rule: str = Field(description="The rule of inference/policy.py that decided")
+    reason: str
+    pools: list[str] = Field(description="Regions whose accelerator pools take it, in order")
+    price: str | None = Field(description="Of this inference, in the tenant's currency")
+    currency: str | None
+    retry_after_s: int | None
+    inputs: list[SimulationInputOut] = Field(description="What the decision was computed from")
+
+
+def simulation_out(simulation: Simulation) -> SimulationOut:
+    decision, scenario = simulation.decision, simulation.scenario
+    return SimulationOut(
+        bundle_revision=simulation.revision,
+        tenant=scenario.tenant,
+        model=scenario.model,
+        node=scenario.node.uid,
+        action=decision.action,
+        status=decision.status,
+        rule=decision.rule,
+        reason=decision.reason,
+        pools=list(decision.pools),
+        price=None if decision.price is None else format_amount(decision.price),
+        currency=simulation.currency,
+        retry_after_s=decision.retry_after_s,
+        inputs=[SimulationInputOut(**vars(i)) for i in simulation.inputs],
+    )
+
+
+def _simulator_data(body: SimulationIn) -> dict[str, object]:
+    """The body as the simulator's form reads it: null is an empty field."""
+    data = body.model_dump()
+    loaded = data.pop("model_loaded")
+    data["model_loaded"] = "" if loaded is None else "yes" if loaded else "no"
+    return {name: "" if value is None else value for name, value in data.items()}
+
+
+@policy_router.post(
+    "/simulate",
+    auth=staff_session,
+    response={
+        200: SimulationOut,
+        400: PolicyErrorOut,
+        401: protocol.ErrorBody,
+        409: protocol.ErrorBody,
+    },
+    summary="What a node would decide for a request under the newest bundle (operators)",
+)
+def simulate_request(request: HttpRequest, body: SimulationIn):
+    record = PolicyBundleRecord.objects.order_by("-revision").first()
+    if record is None:
+        return Status(
+            409,
+            {"error": "no policy bundle has been published yet: there is nothing to decide under"},
+        )
+    bundle = record.bundle
+    form = SimulatorForm(_simulator_data(body), bundle=bundle)
+    if not form.is_valid():
+        problems = "; ".join(f"{name}: {' '.join(errors)}" for name, errors in form.errors.items())
+        return Status(
+            400, PolicyErrorOut(error=f"invalid simulation: {problems}", fields=form.errors)
+        )
+    return simulation_out(simulate(bundle, form.scenario()))

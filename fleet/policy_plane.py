@@ -224,6 +224,7 @@ def _publish(
             tenant_count=len(bundle.tenants),
             reasons=_unique(reasons)[:20],
             changes=changes[:500],
+            warnings=bundles.bundle_warnings(bundle),
             created_at=now,
         )
         transaction.on_commit(lambda: push_bundle_to_nodes(record.revision))

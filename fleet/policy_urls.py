@@ -10,6 +10,8 @@ app_name = "policies"
 urlpatterns = [
     path("", policy_views.policies, name="list"),
     path("tenants/<slug:tenant>/fail-closed/", policy_views.fail_closed, name="fail_closed"),
+    path("tenants/<slug:tenant>/rate-limit/", policy_views.rate_limit, name="rate_limit"),
+    path("simulator/", policy_views.simulator, name="simulator"),
     path("node-classes/<slug:name>/", policy_views.node_class_thresholds, name="node_class"),
     path("pools/<slug:region>/", policy_views.accelerator_pool, name="pool"),
 ]

@@ -2,10 +2,12 @@
 
 - In a tenant's portal, `/portal/<tenant>/policy/`: the policy, the form that edits it (owners
   and developers; viewers read), and its history.
-- For operators, `/fleet/policies/`: every tenant's policy (with the operators' own setting,
-  fail closed after a staleness), each node class's thermal envelope and cost ceilings, each
-  region's accelerator pool, and the recent changes. Each form posts to its own address and,
-  when refused, the page comes back with the reasons on that form.
+- For operators, `/fleet/policies/`: every tenant's policy (with the operators' own settings,
+  fail closed after a staleness and a rate limit), each node class's thermal envelope and cost
+  ceilings, each region's accelerator pool, and the recent changes. Each form posts to its own
+  address and, when refused, the page comes back with the reasons on that form.
+- For operators, `/fleet/policies/simulator/`: what a node would decide for a request under
+  the newest bundle (fleet.simulator, which runs the nodes' own inference.policy.decide).
 
 Every write is an action of fleet.policies, which validates and audits it.
 """
@@ -31,18 +33,27 @@ from fleet.forms import (
     FailClosedForm,
     NodeClassThresholdsForm,
     PolicyForm,
+    RateLimitForm,
+    SimulatorForm,
 )
 from fleet.models import (
     FleetSettingChange,
     Node,
     NodeClass,
+    PolicyBundleRecord,
     PolicyChange,
     Region,
     TenantPolicy,
 )
 from fleet.models.policies import format_amount
 from fleet.registry_views import UPLOADERS
-from fleet.tables import FleetSettingChangeTable, PolicyChangeTable, TenantPolicyTable
+from fleet.simulator import simulate
+from fleet.tables import (
+    FleetSettingChangeTable,
+    PolicyChangeTable,
+    TenantPolicyTable,
+    decision_badge,
+)
 
 # Who edits a tenant's policy: the roles that register its models (viewers read).
 EDITORS = UPLOADERS
@@ -129,6 +140,24 @@ def fail_closed(request: HttpRequest, tenant: str) -> HttpResponse:
 
 @require_POST
 @operator_required
+def rate_limit(request: HttpRequest, tenant: str) -> HttpResponse:
+    found = get_object_or_404(Tenant, slug=tenant)
+    form = RateLimitForm(request.POST)
+    if form.is_valid() and (saved := form.save(found, actor=request.user)) is not None:
+        limit = saved.rate_limit_per_s
+        messages.success(
+            request,
+            f"{found.slug}: each node now admits at most {limit:,} of its requests per second "
+            "and answers 429 beyond."
+            if limit
+            else f"{found.slug}: no rate limit.",
+        )
+        return redirect(f"{reverse('policies:list')}#tenant-{found.slug}")
+    return _operator_page(request, rate_limit_error={"slug": found.slug, "form": form})
+
+
+@require_POST
+@operator_required
 def node_class_thresholds(request: HttpRequest, name: str) -> HttpResponse:
     node_class = get_object_or_404(NodeClass, name=name)
     form = NodeClassThresholdsForm(request.POST, node_class=node_class)
@@ -164,6 +193,7 @@ def _operator_page(
     request: HttpRequest,
     *,
     fail_closed_error: dict | None = None,
+    rate_limit_error: dict | None = None,
     bound: dict[tuple[str, str], object] | None = None,
 ) -> HttpResponse:
     """The page, with a refused form (`bound`, `fail_closed_error`) in place of its blank one.
@@ -205,9 +235,35 @@ def _operator_page(
             "filter": filterset,
             "table": table,
             "fail_closed_error": fail_closed_error,
+            "rate_limit_error": rate_limit_error,
             "class_forms": class_forms,
             "pools": pools,
             "recent_policy_changes": recent_policy_changes,
             "recent_setting_changes": recent_setting_changes,
+        },
+    )
+
+
+@operator_required
+def simulator(request: HttpRequest) -> HttpResponse:
+    """A GET form, so that a scenario is a link: bound once it names a tenant; before that,
+    the address may preselect fields (the node page links here with ?node=<uid>)."""
+    record = PolicyBundleRecord.objects.order_by("-revision").first()
+    if record is None:
+        return render(request, "fleet/policies/simulator.html", {"record": None})
+    bundle = record.bundle
+    if "tenant" in request.GET:
+        form = SimulatorForm(request.GET, bundle=bundle)
+    else:
+        form = SimulatorForm(bundle=bundle, initial=request.GET.dict())
+    simulation = simulate(bundle, form.scenario()) if form.is_bound and form.is_valid() else None
+    return render(
+        request,
+        "fleet/policies/simulator.html",
+        {
+            "record": record,
+            "form": form,
+            "simulation": simulation,
+            "action_badge": decision_badge(simulation.decision.action) if simulation else None,
         },
     )

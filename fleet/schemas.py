@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from ninja import Field, Schema
+from pydantic import ConfigDict
 
 
 class RegionOut(Schema):
@@ -142,3 +143,25 @@ class DeploymentOut(Schema):
 class DeploymentActionIn(Schema):
     action: str = Field(..., description="pause, resume, promote or roll_back")
     reason: str = Field("", max_length=200)
+
+
+class ThermalSimulationIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature_c: float | None = Field(
+        ...,
+        description="The temperature (°C, -50 to 200) the node is to simulate: it moves its "
+        "reading there at 1 °C/s instead of reading its sensors. null stops the simulation.",
+    )
+
+
+class ThermalSimulationOut(Schema):
+    node: str = Field(..., alias="uid")
+    simulated_temperature_c: float | None = Field(
+        ..., description="What the node is told to simulate; null: it reads its sensors"
+    )
+    temperature_c: float | None = Field(..., description="What the node last reported")
+    temperature_simulated: bool = Field(
+        ..., description="The last reported temperature was the simulation's, not a sensor's"
+    )
+    changed: bool = Field(False, description="False when the simulation already was so")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import pairwise
+from urllib.parse import urlencode
 
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import F, QuerySet, TextChoices
@@ -14,11 +15,13 @@ from django.utils.safestring import SafeString
 from django_tables2 import A, Column, Table, TemplateColumn
 
 from fleet.choices import (
+    DECISION_BADGE,
     DEPLOYMENT_BADGE,
     PRIVACY_BADGE,
     PRIVACY_HELP,
     STATUS_BADGE,
     VERSION_BADGE,
+    DecisionAction,
     DeploymentState,
     Grade,
     NodeStatus,
@@ -27,6 +30,7 @@ from fleet.choices import (
 )
 from fleet.grading import format_bytes
 from fleet.models import (
+    DecisionLog,
     Deployment,
     DeploymentEvent,
     EnrollmentToken,
@@ -34,6 +38,7 @@ from fleet.models import (
     ModelVersion,
     Node,
     NodeStatusChange,
+    PolicyBundleRecord,
     PolicyChange,
     TenantPolicy,
 )
@@ -78,6 +83,17 @@ def history_time(value) -> SafeString:
     """A history row's time: exact, with "3 minutes ago" on hover."""
     return format_html(
         '<span title="{}">{}</span>', naturaltime(value), value.strftime("%Y-%m-%d %H:%M:%S")
+    )
+
+
+def temperature(value: float, *, simulated: bool) -> SafeString:
+    """A reported temperature, marked when it is an operator's simulation, not a sensor's."""
+    if not simulated:
+        return format_html("{} °C", f"{value:.0f}")
+    return format_html(
+        '{} °C <span class="badge text-bg-info" title="{}">simulated</span>',
+        f"{value:.0f}",
+        "An operator is simulating this node's temperature; the reading is not a sensor's.",
     )
 
 
@@ -140,8 +156,8 @@ class NodeTable(Table):
     def render_memory_pressure(self, value: float) -> str:
         return f"{value:.0%}"
 
-    def render_temperature_c(self, value: float) -> str:
-        return f"{value:.0f} °C"
+    def render_temperature_c(self, record: Node, value: float) -> str:
+        return temperature(value, simulated=record.temperature_simulated)
 
     def render_models_loaded(self, value: list) -> str:
         return str(len(value))
@@ -597,6 +613,11 @@ class TenantPolicyTable(Table):
         verbose_name="Fail closed after (s)",
         attrs={"td": {"style": "min-width: 11rem"}},
     )
+    rate_limit_per_s = TemplateColumn(
+        template_name="fleet/policies/_rate_limit_cell.html",
+        verbose_name="Rate limit (/s per node)",
+        attrs={"td": {"style": "min-width: 11rem"}},
+    )
     revision = NumberColumn()
     updated_at = Column(verbose_name="Changed", attrs={"td": {"class": "text-nowrap"}})
 
@@ -724,3 +745,239 @@ class FleetSettingChangeTable(Table):
 
     def render_summary(self, value: str) -> SafeString:
         return format_html('<span class="font-monospace small">{}</span>', value)
+
+
+# --- the policy plane (fleet.bundle_views) ------------------------------------------------------
+
+REVISION_STATE_BADGE = {"current": "success", "behind": "warning", "stale": "danger"}
+REVISION_STATE_HELP = {
+    "current": "enforces the newest revision",
+    "behind": "has not fetched the newest revision yet (it was published moments ago)",
+    "stale": "behind for longer than two heartbeats, or refusing the newest revision",
+}
+
+
+def revision_state(row: dict) -> str:
+    """A row of fleet.policy_plane.revision_states as one word: current, behind or stale."""
+    if row["stale"]:
+        return "stale"
+    return "behind" if row["behind"] else "current"
+
+
+def revision_link(revision: int | None) -> SafeString:
+    if revision is None:
+        return format_html('<span class="text-body-secondary">{}</span>', "—")
+    return format_html(
+        '<a hx-boost="false" href="{}">r{}</a>',
+        reverse("bundles:revision", args=[revision]),
+        revision,
+    )
+
+
+class NodeRevisionTable(Table):
+    """Which bundle revision each node enforces, against the newest: the rows of
+    fleet.policy_plane.revision_states, each {"node", "current", "behind", "stale"}. Cells read
+    the node and its joined region and class."""
+
+    node = Column(
+        accessor="node__name", verbose_name="Node", attrs={"td": {"class": "fw-semibold"}}
+    )
+    region = Column(accessor="node__region__code", verbose_name="Region")
+    node_class = Column(accessor="node__node_class__name", verbose_name="Class")
+    status = Column(accessor="node__current_status", verbose_name="Status")
+    last_heartbeat_at = Column(accessor="node__last_heartbeat_at", verbose_name="Last heartbeat")
+    reported = NumberColumn(
+        accessor="node__bundle_revision", verbose_name="Enforces", empty_values=()
+    )
+    newest = NumberColumn(empty_values=(), verbose_name="Newest")
+    state = Column(empty_values=(), verbose_name="")
+    problem = Column(accessor="node__bundle_problem", verbose_name="Problem")
+
+    class Meta:
+        template_name = TEMPLATE
+        attrs = {"class": "table table-sm table-hover align-middle mb-0"}
+        orderable = False
+        empty_text = "No nodes enrolled yet."
+        row_attrs = {
+            "data-node": lambda record: record["node"].name,
+            "data-revision-state": lambda record: revision_state(record),
+        }
+
+    def __init__(self, *args, latest: int | None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.latest = latest
+
+    def render_node(self, record: dict) -> SafeString:
+        node = record["node"]
+        return format_html('<a href="{}">{}</a>', reverse("fleet:node", args=[node.uid]), node.name)
+
+    def render_status(self, value: str) -> SafeString:
+        return status_badge(value)
+
+    def render_last_heartbeat_at(self, value) -> SafeString:
+        return format_html(
+            '<span title="{}">{}</span>', value.isoformat(timespec="seconds"), naturaltime(value)
+        )
+
+    def render_reported(self, record: dict) -> SafeString:
+        revision = record["node"].bundle_revision
+        if revision is None:
+            return format_html('<span class="text-body-secondary">{}</span>', "none")
+        return revision_link(revision)
+
+    def render_newest(self) -> SafeString:
+        return revision_link(self.latest)
+
+    def render_state(self, record: dict) -> SafeString:
+        if self.latest is None:
+            return format_html('<span class="text-body-secondary">{}</span>', "no bundle yet")
+        state = revision_state(record)
+        return format_html(
+            '<span class="badge text-bg-{}" title="{}">{}</span>',
+            REVISION_STATE_BADGE[state],
+            REVISION_STATE_HELP[state],
+            state,
+        )
+
+    def render_problem(self, value: str) -> SafeString:
+        return format_html('<span class="text-danger small text-break">{}</span>', value)
+
+
+class PolicyBundleRecordTable(Table):
+    """Every signed revision, newest first. Reads the stored summary fields only: the
+    queryset may (and should) defer the signed text."""
+
+    revision = NumberColumn(verbose_name="Revision")
+    issued_at = Column(verbose_name="Issued (UTC)")
+    expires_at = Column(verbose_name="Expires (UTC)")
+    key_id = Column(verbose_name="Key")
+    tenant_count = NumberColumn(verbose_name="Tenants")
+    size_bytes = NumberColumn(verbose_name="Size")
+    reasons = Column(verbose_name="Why", orderable=False)
+    changes = Column(verbose_name="What changed", orderable=False)
+
+    # Beyond this many change lines a row shows a count; the revision's page lists them all.
+    CHANGES_SHOWN = 3
+
+    class Meta:
+        model = PolicyBundleRecord
+        template_name = TEMPLATE
+        fields = ()
+        attrs = {"class": "table table-sm table-hover align-middle mb-0"}
+        orderable = False
+        empty_text = "No bundle has been published yet."
+        row_attrs = {"data-revision": lambda record: record.revision}
+
+    def render_revision(self, value: int) -> SafeString:
+        return revision_link(value)
+
+    def render_issued_at(self, value) -> SafeString:
+        return history_time(value)
+
+    def render_expires_at(self, value) -> SafeString:
+        return history_time(value)
+
+    def render_key_id(self, value: str) -> SafeString:
+        return format_html("<code>{}</code>", value)
+
+    def render_size_bytes(self, value: int) -> str:
+        return format_bytes(value)
+
+    def render_reasons(self, value: list[str]) -> str:
+        return "; ".join(value)
+
+    def render_changes(self, value: list[str]) -> SafeString:
+        shown = value[: self.CHANGES_SHOWN]
+        lines = format_html_join(
+            "", '<div class="text-break">{}</div>', ((line,) for line in shown)
+        )
+        if len(value) > len(shown):
+            lines = format_html(
+                '{}<div class="text-body-secondary">… and {} more</div>',
+                lines,
+                len(value) - len(shown),
+            )
+        return format_html('<div class="font-monospace small">{}</div>', lines)
+
+
+def decision_badge(action: str) -> SafeString:
+    """A routing decision's action as a badge, coloured by fleet.choices.DECISION_BADGE."""
+    return choice_badge(action, DecisionAction, DECISION_BADGE)
+
+
+class DecisionLogTable(Table):
+    """The routing decisions nodes reported, newest first. Cells read the row, its joined node
+    and the name of the node it was offloaded to (`target_name`, annotated by the view); the
+    links need no query (nodes by uid, bundles by revision)."""
+
+    at = Column(verbose_name="When (UTC)", attrs={"td": {"class": "text-nowrap"}})
+    node = Column(accessor="node__name", order_by="node__name", verbose_name="Node")
+    tenant = Column()
+    model = Column()
+    action = Column()
+    rule = Column()
+    reason = Column(orderable=False)
+    status = NumberColumn()
+    served_by = Column(verbose_name="Served by")
+    target = Column(verbose_name="Target")
+    request_id = Column(verbose_name="Request id", orderable=False)
+    bundle_revision = NumberColumn(verbose_name="Bundle")
+    price = NumberColumn(verbose_name="Price")
+    temperature_c = NumberColumn(verbose_name="Temp.")
+
+    class Meta:
+        model = DecisionLog
+        template_name = TEMPLATE
+        fields = ()
+        attrs = {"class": "table table-sm table-hover align-middle mb-0"}
+        empty_text = "No decisions match these filters."
+        order_by = ("-at",)
+        row_attrs = {"data-request-id": lambda record: record.request_id}
+
+    def render_at(self, value) -> SafeString:
+        return format_html(
+            '<span title="{}">{}</span>',
+            naturaltime(value),
+            value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+        )
+
+    def render_node(self, record: DecisionLog) -> SafeString:
+        return format_html(
+            '<a href="{}">{}</a>', reverse("fleet:node", args=[record.node.uid]), record.node.name
+        )
+
+    # django-tables2 hands render_* the choice's label; the badge needs the value.
+    def render_action(self, record: DecisionLog) -> SafeString:
+        return decision_badge(record.action)
+
+    def render_rule(self, value: str) -> SafeString:
+        return format_html("<code>{}</code>", value)
+
+    def render_reason(self, value: str) -> SafeString:
+        return format_html('<span class="small">{}</span>', value)
+
+    def render_target(self, record: DecisionLog, value: str) -> SafeString:
+        # `target_name`: the view's annotation; the uid alone when the node is gone.
+        name = getattr(record, "target_name", None)
+        return format_html(
+            '<a href="{}" title="{}">{}</a>',
+            reverse("fleet:node", args=[value]),
+            value,
+            name or format_html("<code>{}</code>", value),
+        )
+
+    def render_request_id(self, value: str) -> SafeString:
+        return format_html(
+            '<a href="?{}" title="Every decision about this request"><code>{}</code></a>',
+            urlencode({"request_id": value}),
+            value,
+        )
+
+    def render_bundle_revision(self, value: int) -> SafeString:
+        return revision_link(value)
+
+    def render_price(self, record: DecisionLog) -> str:
+        return f"{format_amount(record.price)} {record.currency}".strip()
+
+    def render_temperature_c(self, value: float) -> str:
+        return f"{value:.1f} °C"

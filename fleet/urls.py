@@ -6,5 +6,6 @@ app_name = "fleet"
 urlpatterns = [
     path("", views.nodes, name="nodes"),
     path("nodes/<slug:uid>/", views.node, name="node"),
+    path("nodes/<slug:uid>/simulation/", views.simulate_temperature, name="simulate_temperature"),
     path("enroll/", views.enroll, name="enroll"),
 ]

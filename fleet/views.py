@@ -1,4 +1,5 @@
-"""The operator's fleet pages: the node list, a node's page, and enrollment.
+"""The operator's fleet pages: the node list, a node's page (with its thermal simulation),
+and enrollment.
 
 Views gather querysets and hand them to declared filters and tables (fleet.filters,
 fleet.tables) or to pure functions (fleet.rates, fleet.charts); they decide nothing.
@@ -10,18 +11,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
 from billing.roles import operator_required
 from fleet.charts import NODE_CHART_TITLES, figure_json, node_figures
 from fleet.filters import NodeFilterSet
-from fleet.forms import ChartRangeForm, EnrollForm
+from fleet.forms import ChartRangeForm, EnrollForm, ThermalSimulationForm
 from fleet.models import EnrollmentToken, Node
 from fleet.tables import (
     EnrollmentTokenTable,
@@ -76,6 +79,38 @@ def nodes(request: HttpRequest) -> HttpResponse:
 
 @operator_required
 def node(request: HttpRequest, uid: str) -> HttpResponse:
+    return _node_page(request, uid)
+
+
+@require_POST
+@operator_required
+def simulate_temperature(request: HttpRequest, uid: str) -> HttpResponse:
+    """Set or stop the node's simulated temperature (the node page's Thermal simulation card);
+    refused, the page comes back with the reason on the card."""
+    found = get_object_or_404(Node, uid=uid)
+    form = ThermalSimulationForm(request.POST, node=found)
+    if form.is_valid() and (changed := form.save(actor=request.user)) is not None:
+        target = form.target
+        if not changed:
+            messages.info(request, "Nothing changed: the simulation is already so.")
+        elif target is None:
+            messages.success(
+                request, f"{found.name} reads its sensors again from its next heartbeat."
+            )
+        else:
+            messages.success(
+                request,
+                f"{found.name} simulates {target:g} °C: its reading moves there at 1 °C/s from "
+                "its next heartbeat. This is a simulation; the machine is not hotter.",
+            )
+        return redirect(f"{reverse('fleet:node', args=[found.uid])}#thermal-simulation")
+    return _node_page(request, uid, simulation_form=form)
+
+
+def _node_page(
+    request: HttpRequest, uid: str, *, simulation_form: ThermalSimulationForm | None = None
+) -> HttpResponse:
+    """The node's page; a refused simulation form comes back in place of the blank one."""
     now = timezone.now()
     node = get_object_or_404(
         Node.objects.with_status(now).select_related("region", "node_class"), uid=uid
@@ -103,6 +138,7 @@ def node(request: HttpRequest, uid: str) -> HttpResponse:
         "history": StatusHistoryTable(node.status_changes.order_by("-at")[:STATUS_HISTORY_LENGTH]),
         "chart_titles": NODE_CHART_TITLES,
         "charts": {name: figure_json(fig) for name, fig in figures.items()},
+        "simulation_form": simulation_form or ThermalSimulationForm(node=node),
     }
     return render_live(request, "fleet/node.html", "fleet/_node_live.html", context)
 

@@ -43,6 +43,7 @@ from inference.artifacts import ARTIFACTS_DIR, ArtifactStore
 
 if TYPE_CHECKING:  # the CLI checks the identity before it imports onnxruntime and the rest
     from inference.bundle_store import BundleStore
+    from inference.gate import PolicyGate
     from inference.metrics import AgentMetrics
     from inference.repository import ModelRepository
     from inference.tokens import TokenVerifier
@@ -150,10 +151,14 @@ def build_report(
     uptime_s: float,
     readings: tuple[float, float, float | None],
     bundles: BundleStore | None = None,
+    gate: PolicyGate | None = None,
 ) -> protocol.HeartbeatReport:
     from inference.repository import READY
 
     cpu, memory, temperature = readings
+    simulated = False
+    if gate is not None and gate.temperature_simulated:
+        temperature, simulated = gate.temperature_c, True
     models = []
     managed_names = {name for name, _ in repository.managed}
     # A local model that the console's versions of the same name shadow is not reported.
@@ -187,11 +192,13 @@ def build_report(
         cpu_load=cpu,
         memory_pressure=memory,
         temperature_c=temperature,
+        temperature_simulated=simulated,
         queue_depth=repository.queue_depth(),
         requests_total=metrics.requests_total,
         errors_total=metrics.errors_total,
         bundle_revision=bundles.revision if bundles is not None else None,
         bundle_problem=bundles.problem if bundles is not None else None,
+        decisions=gate.sampler.pending() if gate is not None else [],
     )
 
 
@@ -212,6 +219,7 @@ class ConsoleLink:
         client: httpx.AsyncClient | None = None,
         token_verifier: TokenVerifier | None = None,
         bundles: BundleStore | None = None,
+        gate: PolicyGate | None = None,
     ) -> None:
         self.console_url = console_url.rstrip("/")
         self.state_dir = state_dir
@@ -227,6 +235,8 @@ class ConsoleLink:
         self.token_verifier = token_verifier
         # The policy bundle the node enforces; None for a link that only reports (tests).
         self.bundles = bundles
+        # Enforces the bundle on requests; learns the node's region and class from identity.
+        self.gate = gate
         self.started = time.monotonic()
 
     def accept_push(self, body: bytes, signature: str | None) -> tuple[int, str]:
@@ -331,6 +341,8 @@ class ConsoleLink:
                     identity.node_uid,
                 )
             self.identity = identity
+            if self.gate is not None:
+                self.gate.bind_identity(identity)
             self._trust_console_key(identity)
             self.repository.fetch = ArtifactStore(
                 self.state_dir / ARTIFACTS_DIR, self.console_url, identity.credential, self.client
@@ -421,6 +433,7 @@ class ConsoleLink:
                 uptime_s=time.monotonic() - self.started,
                 readings=readings,
                 bundles=self.bundles,
+                gate=self.gate,
             )
             ok, reply = await self._send_heartbeat(url, headers, report)
             new_interval = reply.heartbeat_interval_s if reply is not None else None
@@ -428,9 +441,13 @@ class ConsoleLink:
                 if reply.memory_budget_bytes is not None:
                     self.repository.offer_memory_budget(reply.memory_budget_bytes)
                 self.repository.apply_desired(reply.desired_models)
+                if self.gate is not None:
+                    self.gate.simulate(reply.simulated_temperature_c)
                 await self._follow_bundle(identity, reply.desired_bundle_revision)
             if ok:
                 acknowledge_outputs(report, self.metrics)
+                if self.gate is not None and report.decisions:
+                    self.gate.sampler.ack(report.decisions)
                 if failures:
                     log.info("console reachable again after %d failed heartbeat(s)", failures)
                 failures = 0

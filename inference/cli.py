@@ -38,6 +38,8 @@ log = logging.getLogger("inference")
 
 ADMIN_TOKEN_ENV = "OUTPOST_NODE_ADMIN_TOKEN"  # noqa: S105 - the name of the variable, not a secret
 API_KEY_ENV = "OUTPOST_API_KEY"
+# The node's key for tokenising sensitive parameters (inference/enforcement.py), in --state-dir.
+TOKENISE_KEY_FILE = "tokenise.key"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted (default 32 MiB)",
+    )
+    tuning.add_argument(
+        "--queue-limit",
+        type=int,
+        default=64,
+        help="requests waiting in the batcher beyond which an enrolled node offloads "
+        "(offload reason `capacity`; default 64)",
     )
     tuning.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -251,6 +260,8 @@ def serve(args: argparse.Namespace) -> int:
         args.intra_op_threads = max(1, (os.cpu_count() or 2) - 1)
     elif args.intra_op_threads < 0:
         return _fail("--intra-op-threads must be >= 0")
+    if args.queue_limit < 1:
+        return _fail("--queue-limit must be at least 1")
     if args.max_body_bytes < 1024:
         return _fail("--max-body-bytes must be at least 1024")
     if args.memory_budget_bytes is not None and args.memory_budget_bytes < 0:
@@ -326,12 +337,18 @@ def serve(args: argparse.Namespace) -> int:
     link = None
     token_verifier = None
     bundles = None
+    gate = None
     if args.console:
+        from inference.agent import hottest_temperature
         from inference.bundle_store import BundleStore
+        from inference.enforcement import Tokeniser, load_or_create_key
+        from inference.gate import PolicyGate
         from inference.tokens import TokenVerifier
 
         # Empty until the link knows the console's key (from the saved identity or enrollment).
         token_verifier = TokenVerifier()
+        # An enrolled node serves tenants, each known by its token.
+        token_verifier.required = True
         verifier = token_verifier
 
         def revoke(bundle) -> None:
@@ -342,6 +359,19 @@ def serve(args: argparse.Namespace) -> int:
         store = bundles
         metrics.bundle_revision = lambda: store.revision
         metrics.bundle_age_s = store.age_s
+        try:
+            tokeniser = Tokeniser(load_or_create_key(state_dir / TOKENISE_KEY_FILE))
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot read or create the tokenisation key in {state_dir}: {exc}")
+        gate = PolicyGate(
+            bundles,
+            metrics,
+            queue_depth=repository.queue_depth,
+            run_seconds=repository.run_seconds,
+            tokeniser=tokeniser,
+            queue_limit=args.queue_limit,
+            read_sensor=hottest_temperature,
+        )
         # Bound to every interface: the console can only reach us by a real name.
         wildcard = host in ("0.0.0.0", "::")  # noqa: S104
         advertise = args.advertise or _url(socket.gethostname() if wildcard else host, port)
@@ -355,17 +385,21 @@ def serve(args: argparse.Namespace) -> int:
             on_fatal=fatal,
             token_verifier=token_verifier,
             bundles=bundles,
+            gate=gate,
         )
     else:
-        log.info(
-            "standalone: this agent does not check tenant tokens (Authorization headers are "
-            "ignored); an agent started with --console does"
+        log.warning(
+            "standalone: no console, so no tenant tokens and no policy; this agent answers "
+            "inference requests from this machine only (for local development). Start it "
+            "with --console to serve tenants"
         )
 
     async def startup() -> None:
         tasks.append(asyncio.create_task(repository.load_all(), name="load-models"))
         if link is not None:
             tasks.append(asyncio.create_task(link.run(), name="console-link"))
+        if gate is not None:
+            tasks.append(asyncio.create_task(gate.run_ticker(), name="policy-ticker"))
 
     async def shutdown() -> None:
         for task in tasks:
@@ -384,6 +418,7 @@ def serve(args: argparse.Namespace) -> int:
         push_handler=link.accept_push if link is not None else None,
         bundle_handler=link.accept_bundle_push if link is not None else None,
         token_verifier=token_verifier,
+        gate=gate,
     )
     config = uvicorn.Config(
         app,

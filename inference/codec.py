@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from inference.datatypes import BY_OIP, DataType, describe_kind
+from inference.enforcement import TOKEN_PATTERN
 from inference.specs import ModelSpec, TensorSpec
 
 
@@ -138,8 +139,12 @@ def parse_infer_body(body: bytes, json_length: int | None) -> InferBody:
     return InferBody(doc, binary, request_id)
 
 
-def decode_infer_body(parsed: InferBody, spec: ModelSpec) -> InferRequest:
-    """Validate a parsed request against the model version it is addressed to."""
+def decode_infer_body(
+    parsed: InferBody, spec: ModelSpec, *, tokenised: frozenset[str] | None = None
+) -> InferRequest:
+    """Validate a parsed request against the model version it is addressed to. `tokenised`
+    names signals another node replaced by HMAC tokens before offloading the request here
+    (inference/gate.py): a token stands in for a value of any declared type."""
     doc, binary = parsed.doc, parsed.binary
     params = doc.get("parameters")
     if params is None:
@@ -147,7 +152,7 @@ def decode_infer_body(parsed: InferBody, spec: ModelSpec) -> InferRequest:
     elif not isinstance(params, dict):
         raise RequestError("'parameters' must be a JSON object")
     # Before the inputs: a request with a bad signal is refused without decoding its tensors.
-    signals = _check_signals(params, spec) if spec.signal_types else {}
+    signals = _check_signals(params, spec, tokenised) if spec.signal_types else {}
 
     inputs = doc.get("inputs", _NOT_GIVEN)
     if inputs is _NOT_GIVEN:
@@ -214,7 +219,9 @@ def decode_infer_body(parsed: InferBody, spec: ModelSpec) -> InferRequest:
     )
 
 
-def _check_signals(params: dict, spec: ModelSpec) -> dict[str, object]:
+def _check_signals(
+    params: dict, spec: ModelSpec, tokenised: frozenset[str] | None = None
+) -> dict[str, object]:
     """The request's signals, checked against the model's schema (rules: module docstring)."""
     declared = spec.signal_types
     signals: dict[str, object] = {}
@@ -226,7 +233,11 @@ def _check_signals(params: dict, spec: ModelSpec) -> dict[str, object]:
             raise RequestError(
                 f"unknown signal '{name}'; model '{spec.name}' accepts: {spec.signal_names()}"
             )
-        if value is not None:
+        if value is None:
+            continue
+        if tokenised and name in tokenised and type(value) is str and TOKEN_PATTERN.match(value):
+            signals[name] = value
+        else:
             signals[name] = _signal_value(name, kind, value, spec.name)
     return signals
 

@@ -10,6 +10,8 @@ wins, and `Decision.rule` names it):
    allows: 503 with Retry-After.
 3. `budget_block` — the monthly budget is spent and the tenant's action is `block`: 402.
    (`downgrade` keeps the request on this node: no offload, whatever else says.)
+   A request another node offloaded here (`forwarded`) is then served here (`forwarded`) or,
+   when this node does not serve the model, refused with 503: never sent on.
 4. Why the request should leave this node, if it should (the offload reasons of DESIGN §3):
    `model_not_local` (the model is not served here); `thermal` (the node is over its class's
    thermal envelope, or heading there within `PREDICT_S` at the last minute's slope — the
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
-from inference.protocol import PolicyBundle, TenantRules
+from inference.protocol import PolicyBundle, PoolNode, TenantRules
 
 # The thermal prediction looks this far ahead (issue: "predicted to be within the next 30 s").
 PREDICT_S = 30.0
@@ -64,6 +66,9 @@ class Request:
     local: bool = True
     # What the session has spent (or reserved) so far, in the tenant's currency.
     session_spent: Decimal = Decimal(0)
+    # Another node offloaded it here: it is served here or refused, never sent on (one hop),
+    # and it is priced as regional serving.
+    forwarded: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,13 @@ class PolicyView:
         }
         self.prices: dict[tuple[str, str, str], Decimal] = {
             (p.grade, p.serving, p.currency): Decimal(p.per_1000) / 1000 for p in bundle.prices
+        }
+        self.pools: dict[str, tuple[PoolNode, ...]] = {
+            p.region: tuple(p.nodes) for p in bundle.pools
+        }
+        self.grades: dict[str, str] = {m.name: m.grade for m in bundle.models}
+        self.hourly_costs: dict[str, Decimal] = {
+            t.node_class: Decimal(t.hourly_cost) for t in bundle.thresholds if t.hourly_cost
         }
 
     def price(self, tenant: TenantRules, grade: str, serving: str) -> Decimal | None:
@@ -149,6 +161,16 @@ def decide(view: PolicyView, state: NodeState, request: Request) -> Decision:
     if tenant.budget_exhausted and tenant.on_budget_exhausted == "block":
         return Decision("refuse", 402, "budget_block", f"{tenant.slug}'s monthly budget is spent")
 
+    if request.forwarded:
+        if not request.local:
+            return Decision(
+                "refuse",
+                503,
+                "model_not_local",
+                "offloaded here, but this pool node does not serve the model",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        return _priced(view, tenant, request, "local", "forwarded", "offloaded here: served")
     reason, hard = offload_reason(view, tenant, state, request)
     if reason is None:
         return _priced(view, tenant, request, "local", "local", "served here")
@@ -187,7 +209,7 @@ def _priced(
     """The decision, priced, unless its price would pass the session's cap. Built once, with
     its price: copying a frozen dataclass (dataclasses.replace) cost more than the rest of a
     decision (bench/policy.py)."""
-    serving = "regional" if action == "offload" else "local"
+    serving = "regional" if action == "offload" or request.forwarded else "local"
     price = view.price(tenant, request.grade, serving)
     cap = tenant.max_spend_per_session
     if price is not None and cap is not None and request.session_spent + price > Decimal(cap):

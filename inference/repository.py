@@ -633,6 +633,16 @@ class ModelRepository:
                 )
         return rows
 
+    def run_seconds(self) -> dict[str, float]:
+        """Per served model name, the measured seconds of one batch-1 run of the version that
+        answers unversioned metadata (what an inference of it costs here: inference/gate.py)."""
+        seconds = {}
+        for name, route in self.routes.items():
+            measured = route.primary.batch1_run_s
+            if measured is not None:
+                seconds[name] = measured
+        return seconds
+
     def queue_depth(self) -> int:
         return sum(e.runner.depth for e in self.all_entries() if e.runner is not None)
 

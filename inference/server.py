@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
@@ -47,6 +48,9 @@ from inference.routing import version_sort_key
 from inference.specs import model_config, model_metadata
 from inference.tokens import TokenVerifier, rejection
 
+if TYPE_CHECKING:
+    from inference.gate import Admission, PolicyGate
+
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
@@ -57,6 +61,10 @@ SERVER_NAME = "outpost-agent"
 EXTENSIONS = ["model_repository", "model_configuration", "binary_tensor_data"]
 
 _SERVED_BY = (b"x-outpost-served-by", b"local")
+_SERVED_REGIONALLY = (b"x-outpost-served-by", b"regional")
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+# The rules that refuse because the model is not here and may or cannot be served elsewhere.
+_MOVE = ("model_not_local", "privacy")
 _MODELS_PREFIX = "/v2/models/"
 _REPOSITORY_PREFIX = "/v2/repository/models/"
 
@@ -74,6 +82,7 @@ class AgentApp:
         push_handler: PushHandler | None = None,
         bundle_handler: BundleHandler | None = None,
         token_verifier: TokenVerifier | None = None,
+        gate: PolicyGate | None = None,
     ) -> None:
         self.repository = repository
         # Activates a policy bundle the console pushed (ConsoleLink.accept_bundle_push).
@@ -84,6 +93,9 @@ class AgentApp:
         # Names the tenant of a request from its bearer token (inference/tokens.py); None when
         # the agent runs standalone: then Authorization headers are ignored.
         self.token_verifier = token_verifier
+        # Decides each inference request by the signed policy (inference/gate.py); None when
+        # the agent runs standalone, which then serves this machine only.
+        self.gate = gate
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._admin_token = admin_token.encode() if admin_token else None
@@ -147,10 +159,13 @@ class AgentApp:
         await respond(send, 200, b"{}")
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.repository.is_ready():
-            await respond(send, 200, b"{}")
-        else:
+        if not self.repository.is_ready():
             await respond(send, 503, error_body("models are still loading or failed to load"))
+        elif self.gate is not None and self.gate.bundles.view is None:
+            # An enrolled node serves tenants by its policy: without one it would refuse all.
+            await respond(send, 503, error_body("no policy bundle from the console yet"))
+        else:
+            await respond(send, 200, b"{}")
 
     async def _server_meta(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, self._server_metadata)
@@ -238,6 +253,18 @@ class AgentApp:
             except protocol.TokenError as exc:
                 await self._refuse_token(send, name, exc, started)
                 return
+        if self.gate is None and not _from_loopback(scope):
+            self.metrics.record_request(None, 403, time.perf_counter() - started)
+            await respond(
+                send,
+                403,
+                error_body(
+                    "this agent runs standalone (no console, no tenant policy) and serves "
+                    "this machine only; enroll it with --console to serve others"
+                ),
+                extra=CLOSE,
+            )
+            return
         route = self.repository.routes.get(name)
         runner = None
         session_key: str | None = None
@@ -254,6 +281,22 @@ class AgentApp:
             else:
                 session_key = _session_id(scope["headers"])
                 runner = route.pick(session_key) if session_key is not None else route.primary
+        admission: Admission | None = None
+        gate = self.gate
+        # A model this node lacks may be served by the pool, if the console knows it; a
+        # request for one version is this node's to answer.
+        if gate is not None and (runner is not None or (version is None and gate.knows(name))):
+            admission = gate.admit(tenant, name, runner is not None, scope["headers"])
+            action = admission.decision.action
+            if action == "offload":
+                await self._offload(scope, receive, send, name, admission, started)
+                return
+            # A model loading or broken here that may not go elsewhere: say what is wrong
+            # with it rather than why it may not travel.
+            local_problem = runner is None and self.repository.versions_of(name)
+            if action == "refuse" and not (local_problem and admission.decision.rule in _MOVE):
+                await self._refuse(send, name, admission, started)
+                return
         if runner is None:
             status, message = self._unavailable(name, version)
             self.metrics.record_request(None, status, time.perf_counter() - started)
@@ -271,7 +314,12 @@ class AgentApp:
                 # No session: split by the request id (or at random), then check the request
                 # against the version that serves it (its inputs and signals may differ).
                 runner = route.pick(parsed.id)
-            request = decode_infer_body(parsed, runner.spec)
+            request = decode_infer_body(
+                parsed,
+                runner.spec,
+                # Values another node tokenised before offloading (inference/gate.py).
+                tokenised=admission.sensitive if admission and admission.forwarded else None,
+            )
             outputs, run_seconds = await runner.infer(request.arrays, request.rows, request.key)
             payload, header_length = encode_infer_response(runner.spec, request, outputs)
             status = 200
@@ -293,15 +341,65 @@ class AgentApp:
         elapsed = now - started
         self.metrics.record_request(stats, status, elapsed)
         runner.health.record(status, elapsed, now)
+        headers = [
+            *extra,
+            _SERVED_REGIONALLY if admission is not None and admission.forwarded else _SERVED_BY,
+            (b"x-outpost-overhead-ms", b"%.3f" % ((elapsed - run_seconds) * 1000)),
+        ]
+        if admission is not None:
+            self.gate.settle(admission, status)  # type: ignore[union-attr]
+            headers += admission.headers()
+        await respond(send, status, payload, content_type, headers)
+
+    async def _refuse(self, send: Send, name: str, admission: Admission, started: float) -> None:
+        """Answer a request the policy refuses, without reading its body."""
+        decision = admission.decision
+        self.gate.settle(admission, decision.status)  # type: ignore[union-attr]
+        self.metrics.record_request(
+            self.metrics.models.get(name), decision.status, time.perf_counter() - started
+        )
+        extra = [*admission.headers(), (b"x-outpost-rule", decision.rule.encode())]
+        if decision.retry_after_s is not None:
+            extra.append((b"retry-after", b"%d" % decision.retry_after_s))
+        await respond(send, decision.status, error_body(decision.reason), extra=(*extra, *CLOSE))
+
+    async def _offload(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        admission: Admission,
+        started: float,
+    ) -> None:
+        """Send the request to the region's accelerator pool and relay its answer."""
+        gate = self.gate
+        assert gate is not None
+        declared, _ = length_headers(scope["headers"])
+        try:
+            body = await read_body(receive, self.max_body_bytes, declared)
+        except BodyTooLarge as exc:
+            gate.settle(admission, 413)
+            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+            return
+        answer = await gate.forward(admission, scope["path"], body, scope["headers"])
+        if admission.decision.action == "refuse":  # no pool node answered
+            await self._refuse(send, name, admission, started)
+            return
+        gate.settle(admission, answer.status, target=answer.target)
+        elapsed = time.perf_counter() - started
+        self.metrics.record_request(self.metrics.models.get(name), answer.status, elapsed)
         await respond(
             send,
-            status,
-            payload,
-            content_type,
+            answer.status,
+            answer.body,
+            answer.content_type,
             [
-                *extra,
-                _SERVED_BY,
-                (b"x-outpost-overhead-ms", b"%.3f" % ((elapsed - run_seconds) * 1000)),
+                *answer.headers,
+                _SERVED_REGIONALLY,
+                (b"x-outpost-node", (answer.target or "").encode()),
+                (b"x-outpost-overhead-ms", b"%.3f" % ((elapsed - answer.run_s) * 1000)),
+                *admission.headers(),
             ],
         )
 
@@ -440,6 +538,11 @@ class AgentApp:
                         log.exception("agent shutdown step failed")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _from_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    return client is None or str(client[0]).startswith(_LOOPBACK)
 
 
 def _session_id(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -163,6 +163,24 @@ PRICES = {
     ("large", "regional"): Decimal("3.00"),
 }
 PRICE_CURRENCY = "EUR"
+# The same prices for tenants billed in dollars (globex) and yen (nakamura), at about $1.10
+# and ¥160 to the euro, rounded: a node prices each request in its tenant's currency.
+PRICES_USD = {
+    ("tiny", "local"): Decimal("0.06"),
+    ("tiny", "regional"): Decimal("0.09"),
+    ("medium", "local"): Decimal("0.45"),
+    ("medium", "regional"): Decimal("0.65"),
+    ("large", "local"): Decimal("2.20"),
+    ("large", "regional"): Decimal("3.30"),
+}
+PRICES_JPY = {
+    ("tiny", "local"): Decimal("8"),
+    ("tiny", "regional"): Decimal("13"),
+    ("medium", "local"): Decimal("64"),
+    ("medium", "regional"): Decimal("96"),
+    ("large", "local"): Decimal("320"),
+    ("large", "regional"): Decimal("480"),
+}
 # One scheduled change from the 1st of next month, so the demo shows versioning.
 SCHEDULED_PRICE = (("large", "regional"), Decimal("2.70"), "demo: more regional GPU capacity")
 
@@ -315,22 +333,26 @@ def _seed_tenants(report: SeedReport) -> None:
 
 
 def seed_prices(report: SeedReport, *, now: datetime | None = None) -> None:
-    """The demo prices from the start of this month (UTC), and the scheduled change from the
-    1st of next month. A (grade, serving) that already has any EUR price is left alone: the
-    price book is the operators' once it exists, and a run in a later month adds nothing."""
+    """The demo prices (EUR, and USD and JPY for the tenants billed in them) from the start of this month
+    (UTC), and the scheduled EUR change from the 1st of next month. A (grade, serving,
+    currency) that already has any price is left alone: the price book is the operators' once
+    it exists, and a run in a later month adds nothing."""
     now = now or timezone.now()
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     next_month = (month_start + timedelta(days=32)).replace(day=1)
     (scheduled_key, scheduled_price, scheduled_note) = SCHEDULED_PRICE
-    for (grade, serving), per_1000 in PRICES.items():
-        key = {"grade": grade, "serving": serving, "currency": PRICE_CURRENCY}
+    books = [(PRICE_CURRENCY, PRICES), ("USD", PRICES_USD), ("JPY", PRICES_JPY)]
+    for currency, (grade, serving), per_1000 in (
+        (currency, key, price) for currency, book in books for key, price in book.items()
+    ):
+        key = {"grade": grade, "serving": serving, "currency": currency}
         if Price.objects.filter(**key).exists():
             continue
         Price.objects.create(
             **key, per_1000=per_1000, effective_from=month_start, note="demo price"
         )
-        report.note(f"created price {grade}/{serving} {PRICE_CURRENCY} {per_1000} per 1,000")
-        if (grade, serving) == scheduled_key:
+        report.note(f"created price {grade}/{serving} {currency} {per_1000} per 1,000")
+        if currency == PRICE_CURRENCY and (grade, serving) == scheduled_key:
             Price.objects.create(
                 **key, per_1000=scheduled_price, effective_from=next_month, note=scheduled_note
             )

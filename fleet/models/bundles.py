@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from fleet.choices import DecisionAction
 from inference.protocol import PolicyBundle, SignedBundle
 
 
@@ -35,6 +36,8 @@ class PolicyBundleRecord(models.Model):
     reasons = models.JSONField(default=list)
     # fleet.bundles.diff_bundles against the revision before, one line per change.
     changes = models.JSONField(default=list)
+    # fleet.bundles.bundle_warnings: what the bundle lets through but an operator should fix.
+    warnings = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = PolicyBundleRecordQuerySet.as_manager()
@@ -83,7 +86,7 @@ class DecisionLog(models.Model):
     at = models.DateTimeField(db_index=True)
     tenant = models.CharField(max_length=50, blank=True)
     model = models.CharField(max_length=200)
-    action = models.CharField(max_length=10)
+    action = models.CharField(max_length=10, choices=DecisionAction.choices)
     rule = models.CharField(max_length=40)
     reason = models.CharField(max_length=500)
     status = models.PositiveSmallIntegerField()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -13,13 +14,24 @@ from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from fleet import costs
-from fleet.choices import NodeClassKind, NodeStatus
+from fleet.choices import NodeClassKind, NodeStatus, SettingKind
 from fleet.health import derive_status, report_is_healthy
-from fleet.models.policies import THERMAL_MAX_C, THERMAL_MIN_C, clean_cost_ceilings
+from fleet.models.policies import (
+    THERMAL_MAX_C,
+    THERMAL_MIN_C,
+    FleetSettingChange,
+    clean_cost_ceilings,
+    summarise_change,
+)
 from inference.protocol import HeartbeatReport, hash_secret, new_secret
 
 NODE_CREDENTIAL_PREFIX = "opn"
 ENROLLMENT_TOKEN_PREFIX = "ope"  # noqa: S105 - a label, not a secret
+# What an operator may simulate, °C: the range the heartbeat answer allows
+# (protocol.HeartbeatReply.simulated_temperature_c), wide enough to push any class past its
+# thermal envelope (at most THERMAL_MAX_C) and to cool it below ambient.
+SIMULATED_MIN_C = -50
+SIMULATED_MAX_C = 200
 
 
 class Region(models.Model):
@@ -215,7 +227,7 @@ class Node(models.Model):
     simulated_temperature_c = models.FloatField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(-50), MaxValueValidator(200)],
+        validators=[MinValueValidator(SIMULATED_MIN_C), MaxValueValidator(SIMULATED_MAX_C)],
         verbose_name="simulated temperature (°C)",
     )
 
@@ -289,6 +301,33 @@ class Node(models.Model):
             )
         self.refresh_from_db()
 
+    def simulate_temperature(self, value: float | None, *, actor) -> bool:
+        """Simulate this node's temperature (°C), or stop with None: the node is told in its
+        next heartbeat answer and moves its reading toward the value at 1 °C/s, reporting it
+        as simulated. Saves only that field, and a change writes a FleetSettingChange.
+
+        Raises ValidationError when the value is not a number within SIMULATED_MIN_C..
+        SIMULATED_MAX_C. Returns whether anything changed."""
+        value = clean_simulated_temperature(value)
+        with transaction.atomic():
+            node = Node.objects.select_for_update().get(pk=self.pk)
+            before = {"simulated_temperature_c": node.simulated_temperature_c}
+            after = {"simulated_temperature_c": value}
+            changed = after != before
+            if changed:
+                node.simulated_temperature_c = value
+                node.save(update_fields=["simulated_temperature_c"])
+                FleetSettingChange.objects.create(
+                    kind=SettingKind.THERMAL_SIMULATION,
+                    subject=node.name,
+                    actor=actor,
+                    before=before,
+                    after=after,
+                    summary=summarise_change(before, after),
+                )
+        self.simulated_temperature_c = value
+        return changed
+
     def sync_status(self, *, now: datetime | None = None) -> NodeStatusChange | None:
         """Record the flip of a node that stopped reporting (it cannot tell us itself)."""
         now = now or timezone.now()
@@ -308,6 +347,22 @@ class Node(models.Model):
         )
         self.status = status
         return change
+
+
+def clean_simulated_temperature(value: object) -> float | None:
+    """A simulated temperature in °C, or None (no simulation). Raises ValidationError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValidationError(f"{value!r} is not a temperature: give a number of °C.")
+    if not math.isfinite(value):
+        raise ValidationError(f"{value} is not a temperature: give a number of °C.")
+    if not SIMULATED_MIN_C <= value <= SIMULATED_MAX_C:
+        raise ValidationError(
+            f"{value:g} °C is outside {SIMULATED_MIN_C}–{SIMULATED_MAX_C} °C, the range a node "
+            "can simulate."
+        )
+    return float(value)
 
 
 class NodeStatusChange(models.Model):

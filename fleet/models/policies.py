@@ -46,6 +46,10 @@ SPEND_LIMIT = Decimal(10) ** 8
 # Fail closed: shorter than a minute would refuse traffic between two ordinary bundle pushes.
 FAIL_CLOSED_MIN_S = 60
 FAIL_CLOSED_MAX_S = 30 * 24 * 3600
+# Requests per second one node admits for a tenant (inference.enforcement.RateLimiter); above
+# the maximum it is a typo, not a limit: no node serves that many.
+RATE_LIMIT_MIN_PER_S = 1
+RATE_LIMIT_MAX_PER_S = 100_000
 # A node class's thermal envelope, °C: outside this range it is a typo, not a limit.
 THERMAL_MIN_C = Decimal(20)
 THERMAL_MAX_C = Decimal(130)
@@ -62,7 +66,7 @@ TENANT_FIELDS = (
     "sensitive_fields",
     "on_budget_exhausted",
 )
-OPERATOR_FIELDS = ("fail_closed_after_s",)
+OPERATOR_FIELDS = ("fail_closed_after_s", "rate_limit_per_s")
 POLICY_FIELDS = TENANT_FIELDS + OPERATOR_FIELDS
 
 POLICY_DEFAULTS: dict[str, object] = {
@@ -73,6 +77,7 @@ POLICY_DEFAULTS: dict[str, object] = {
     "sensitive_fields": [],
     "on_budget_exhausted": BudgetAction.ALERT,
     "fail_closed_after_s": None,
+    "rate_limit_per_s": None,
 }
 
 LOCAL_ONLY_CANNOT_OFFLOAD = (
@@ -178,6 +183,22 @@ def _fail_closed_after_s(value: object) -> int | None:
     return value
 
 
+def _rate_limit_per_s(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{_shown(value)} is not a whole number of requests per second.")
+    if value < RATE_LIMIT_MIN_PER_S:
+        raise ValidationError(
+            f"At least {RATE_LIMIT_MIN_PER_S} request per second; leave it empty for no limit."
+        )
+    if value > RATE_LIMIT_MAX_PER_S:
+        raise ValidationError(
+            f"At most {RATE_LIMIT_MAX_PER_S} requests per second; leave it empty for no limit."
+        )
+    return value
+
+
 def clean_policy(values: Mapping[str, object]) -> dict[str, object]:
     """Check a whole policy (a value for every name in POLICY_FIELDS) and return it cleaned:
     choices as their values, the max spend as a Decimal or None, the sensitive fields as a
@@ -193,6 +214,7 @@ def clean_policy(values: Mapping[str, object]) -> dict[str, object]:
         "sensitive_fields": _sensitive_fields,
         "on_budget_exhausted": lambda v: _choice(v, BudgetAction, "budget action"),
         "fail_closed_after_s": _fail_closed_after_s,
+        "rate_limit_per_s": _rate_limit_per_s,
     }
     cleaned: dict[str, object] = {}
     errors: dict[str, list[str]] = {}
@@ -350,6 +372,17 @@ class TenantPolicy(models.Model):
         validators=[MinValueValidator(FAIL_CLOSED_MIN_S), MaxValueValidator(FAIL_CLOSED_MAX_S)],
         verbose_name="fail closed after (s)",
     )
+    # Operators only: each node admits at most this many of the tenant's requests per second
+    # and answers 429 with Retry-After beyond it. Empty: no limit.
+    rate_limit_per_s = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(RATE_LIMIT_MIN_PER_S),
+            MaxValueValidator(RATE_LIMIT_MAX_PER_S),
+        ],
+        verbose_name="rate limit (requests/s per node)",
+    )
     revision = models.PositiveIntegerField(default=1, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
     updated_by = models.ForeignKey(
@@ -443,12 +476,15 @@ class AcceleratorPool(models.Model):
 
 
 class FleetSettingChange(models.Model):
-    """Append-only history of the operators' fleet settings: a node class's thresholds or a
-    region's accelerator pool, before and after (fleet.policies writes them)."""
+    """Append-only history of the operators' fleet settings: a node class's thresholds, a
+    region's accelerator pool (fleet.policies writes them) or a node's simulated temperature
+    (Node.simulate_temperature), before and after."""
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     kind = models.CharField(max_length=20, choices=SettingKind.choices)
-    subject = models.CharField(max_length=100, help_text="The node class or the pool's region")
+    subject = models.CharField(
+        max_length=100, help_text="The node class, the pool's region or the node"
+    )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

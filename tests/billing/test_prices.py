@@ -456,13 +456,15 @@ def test_the_demo_seeds_a_price_book_once_with_one_scheduled_change():
     seed_prices(first, now=at)
     seed_prices(second, now=at + timedelta(days=40))
 
-    assert len(first.changes) == 7 and second.changes == []
+    # Six prices in each of EUR, USD and JPY (the demo tenants' currencies), one scheduled.
+    assert len(first.changes) == 19 and second.changes == []
     in_effect = Price.objects.in_effect(at)
-    assert in_effect.count() == 6
+    assert in_effect.count() == 18
     assert {p.effective_from for p in in_effect} == {datetime(2026, 12, 1, tzinfo=UTC)}
-    for grade in ("tiny", "medium", "large"):
-        local = Price.objects.price_for(grade, "local", "EUR", at)
-        assert Price.objects.price_for(grade, "regional", "EUR", at) > local
+    for currency in ("EUR", "USD", "JPY"):
+        for grade in ("tiny", "medium", "large"):
+            local = Price.objects.price_for(grade, "local", currency, at)
+            assert Price.objects.price_for(grade, "regional", currency, at) > local
     assert Price.objects.scheduled(at).get().effective_from == datetime(2027, 1, 1, tzinfo=UTC)
 
 

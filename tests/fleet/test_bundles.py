@@ -175,3 +175,32 @@ def test_billing_fleet_and_the_wire_name_the_same_grades():
 
     assert set(PriceGrade.values) == set(Grade.values) == set(typing.get_args(WireGrade))
     assert set(Serving.values) == set(typing.get_args(WireServing))
+
+
+def test_it_warns_of_requests_no_price_covers_and_the_caps_that_cannot_hold_them():
+    from fleet.bundles import bundle_warnings
+    from inference.protocol import ModelGrade
+
+    bundle = build(
+        tenant("acme"),
+        TenantRules(
+            slug="nakamura",
+            privacy="local_only",
+            fallback="reject",
+            quality="best_effort",
+            currency="JPY",
+            max_spend_per_session="80",
+            on_budget_exhausted="alert",
+        ),
+        prices=[
+            PriceRow(grade="tiny", serving="local", currency="EUR", per_1000="0.05"),
+            PriceRow(grade="tiny", serving="regional", currency="EUR", per_1000="0.08"),
+            PriceRow(grade="tiny", serving="local", currency="JPY", per_1000="8"),
+        ],
+        models=[ModelGrade(name="tiny-classifier", grade="tiny")],
+    )
+
+    assert bundle_warnings(bundle) == [
+        "no JPY price for tiny regional: such requests state no cost, and the spend caps of "
+        "nakamura cannot hold them"
+    ]

@@ -27,6 +27,7 @@ from fleet.policies import (
     set_node_class_thresholds,
     update_policy,
 )
+from fleet.policy_plane import publish_bundle
 
 pytestmark = pytest.mark.django_db
 
@@ -169,6 +170,33 @@ def test_fail_closed_must_be_a_sensible_number_of_seconds(acme, alice, value, me
     assert message in refused.value.message_dict["fail_closed_after_s"][0]
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "At least 1 request per second"),
+        (100_001, "At most 100000 requests per second"),
+        ("50", "not a whole number of requests per second"),
+        (2.5, "not a whole number of requests per second"),
+        (True, "not a whole number of requests per second"),
+    ],
+)
+def test_the_rate_limit_must_be_a_sensible_number_of_requests(acme, alice, value, message):
+    with pytest.raises(ValidationError) as refused:
+        update_policy(acme, {"rate_limit_per_s": value}, actor=alice, actor_kind="operator")
+
+    assert message in refused.value.message_dict["rate_limit_per_s"][0]
+    assert TenantPolicy.objects.for_tenant(acme).rate_limit_per_s is None
+
+
+def test_an_operator_sets_and_clears_a_rate_limit_with_an_audit_row(acme, alice):
+    policy = update_policy(acme, {"rate_limit_per_s": 50}, actor=alice, actor_kind="operator")
+
+    assert (policy.rate_limit_per_s, policy.revision) == (50, 2)
+    assert PolicyChange.objects.get().summary == "rate_limit_per_s — → 50"
+    cleared = update_policy(acme, {"rate_limit_per_s": None}, actor=alice, actor_kind="operator")
+    assert cleared.rate_limit_per_s is None
+
+
 def test_a_local_only_tenant_cannot_fall_back_to_the_region(acme):
     with pytest.raises(ValidationError) as refused:
         as_member(acme, {"privacy_mode": "local_only"})  # the fallback is still `regional`
@@ -232,6 +260,7 @@ def test_a_change_is_audited_with_before_after_and_what_changed(acme, carol):
         "sensitive_fields": [],
         "on_budget_exhausted": "alert",
         "fail_closed_after_s": None,
+        "rate_limit_per_s": None,
     }
     assert change.after == {
         **change.before,
@@ -290,6 +319,30 @@ def test_members_and_keys_cannot_change_the_operators_setting(acme, carol, alice
         )
     # The current value sent back is no change, so it is no refusal either.
     assert as_member(acme, {"fail_closed_after_s": 600}, user=carol).revision == 2
+
+
+def test_members_and_keys_cannot_change_the_rate_limit(acme, carol, alice, acme_key):
+    update_policy(acme, {"rate_limit_per_s": 50}, actor=alice, actor_kind="operator")
+
+    with pytest.raises(ValidationError) as refused:
+        as_member(acme, {"rate_limit_per_s": 500}, user=carol)
+    assert refused.value.message_dict == {
+        "rate_limit_per_s": ["Only the provider's operators change this."]
+    }
+    key, _ = acme_key
+    with pytest.raises(ValidationError):
+        update_policy(
+            acme, {"rate_limit_per_s": None}, actor=None, actor_kind="api_key", api_key=key
+        )
+    assert as_member(acme, {"rate_limit_per_s": 50}, user=carol).revision == 2
+
+
+def test_the_bundle_carries_the_rate_limit_to_the_nodes(acme, alice):
+    update_policy(acme, {"rate_limit_per_s": 50}, actor=alice, actor_kind="operator")
+
+    [rules] = publish_bundle(["test"]).bundle.tenants
+
+    assert (rules.slug, rules.rate_limit_per_s) == ("acme", 50)
 
 
 def test_a_change_over_a_revision_that_moved_on_is_refused(acme, carol):
@@ -508,6 +561,7 @@ def test_a_key_reads_its_tenants_policy(client, acme, acme_key):
         "sensitive_fields": [],
         "on_budget_exhausted": "alert",
         "fail_closed_after_s": None,
+        "rate_limit_per_s": None,
         "updated_at": response.json()["updated_at"],
     }
     assert response["ETag"] == '"1"'
@@ -607,6 +661,19 @@ def test_a_tenant_key_cannot_set_fail_closed(client, acme, acme_key):
     assert response.json()["fields"] == {
         "fail_closed_after_s": ["Only the provider's operators change this."]
     }
+
+
+def test_a_tenant_key_reads_but_cannot_set_the_rate_limit(client, acme, alice, acme_key):
+    update_policy(acme, {"rate_limit_per_s": 50}, actor=alice, actor_kind="operator")
+
+    assert api(client, "GET", acme_key[1]).json()["rate_limit_per_s"] == 50
+    response = api(client, "PUT", acme_key[1], {"rate_limit_per_s": 500})
+    assert response.status_code == 400
+    assert response.json()["fields"] == {
+        "rate_limit_per_s": ["Only the provider's operators change this."]
+    }
+    # Sent back as read, it is no change.
+    assert api(client, "PUT", acme_key[1], {"rate_limit_per_s": 50}).status_code == 200
 
 
 def test_a_key_never_sees_or_changes_another_tenants_policy(
@@ -709,6 +776,44 @@ def test_an_operator_sets_fail_closed_for_a_tenant(operator, alice, acme):
     )
     assert cleared.status_code == 302
     assert TenantPolicy.objects.for_tenant(acme).fail_closed_after_s is None
+
+
+def test_an_operator_sets_a_rate_limit_for_a_tenant(operator, alice, acme):
+    url = f"{OPERATOR_PAGE}tenants/acme/rate-limit/"
+    page = operator.get(OPERATOR_PAGE).content.decode()
+    assert f'action="{url}"' in page
+
+    response = operator.post(url, {"rate_limit_per_s": "50"}, follow=True)
+
+    assert "acme: each node now admits at most 50 of its requests per second" in (
+        response.content.decode()
+    )
+    assert TenantPolicy.objects.for_tenant(acme).rate_limit_per_s == 50
+    [change] = PolicyChange.objects.all()
+    assert (change.actor, change.actor_kind, change.summary) == (
+        alice,
+        "operator",
+        "rate_limit_per_s — → 50",
+    )
+
+    refused = operator.post(url, {"rate_limit_per_s": "0"})
+    assert refused.status_code == 200
+    assert "At least 1 request per second" in refused.content.decode()
+    assert TenantPolicy.objects.for_tenant(acme).rate_limit_per_s == 50
+
+    cleared = operator.post(url, {"rate_limit_per_s": ""})
+    assert cleared.status_code == 302
+    assert TenantPolicy.objects.for_tenant(acme).rate_limit_per_s is None
+
+
+def test_members_see_the_rate_limit_in_their_portal_but_cannot_post_it(client, acme, carol, alice):
+    update_policy(acme, {"rate_limit_per_s": 50}, actor=alice, actor_kind="operator")
+    client.force_login(carol)
+
+    page = client.get(portal_url(acme)).content.decode()
+
+    assert "50 requests per second on each node" in page
+    assert client.post(f"{OPERATOR_PAGE}tenants/acme/rate-limit/", {}).status_code == 403
 
 
 def test_an_operator_sets_a_class_thermal_envelope_and_cost_ceilings(operator, alice, fleet):

@@ -5,16 +5,23 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from fleet.policy_plane import publish_bundle
+
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def pages(make_node, eu_west, nano):
+def pages(make_node, eu_west, nano, acme):
     node = make_node("fra-1", eu_west, nano)
+    revision = publish_bundle(["test"]).revision
     return [
         reverse("fleet:nodes"),
         reverse("fleet:node", args=[node.uid]),
         reverse("fleet:enroll"),
+        reverse("bundles:list"),
+        reverse("bundles:revision", args=[revision]),
+        reverse("decisions:list"),
+        reverse("policies:simulator"),
     ]
 
 

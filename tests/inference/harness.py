@@ -213,9 +213,11 @@ def running_agent(
     ready: bool = True,
     env: dict[str, str] | None = None,
     timeout: float = 30,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[Agent]:
     """Start `python -m inference serve` on a free port, wait for its start line (and for
-    readiness unless ready=False), and stop it afterwards."""
+    readiness unless ready=False), and stop it afterwards. `headers` go with every request of
+    `agent.get/post` (an enrolled agent wants a tenant's token: FakeConsole.auth())."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             agent_command(models, state, *args),
@@ -225,7 +227,7 @@ def running_agent(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    client = httpx.Client(timeout=10)
+    client = httpx.Client(timeout=10, headers=headers)
     try:
 
         def started() -> str | None:
@@ -281,7 +283,7 @@ class ConsoleCall:
     body: dict
 
 
-def enrollment(heartbeat_interval_s: int = 1) -> dict:
+def enrollment(heartbeat_interval_s: int = 1, public_key: str = "A" * 43 + "=") -> dict:
     """The fake console's EnrollResponse, as JSON."""
     return {
         "node_uid": "node-0001",
@@ -289,9 +291,13 @@ def enrollment(heartbeat_interval_s: int = 1) -> dict:
         "region": "eu-west",
         "node_class": "nano",
         "credential": "opn_secret-credential",
-        "console_public_key": "A" * 43 + "=",
+        "console_public_key": public_key,
         "heartbeat_interval_s": heartbeat_interval_s,
     }
+
+
+# The tenant the fake console's bundle lets call every model (FakeConsole.auth()).
+TESTER = "tester"
 
 
 class FakeConsole:
@@ -300,12 +306,18 @@ class FakeConsole:
     `answers[path]` is a callable (call) -> (status, body dict); defaults enroll everyone and
     accept every heartbeat. Heartbeat replies carry `desired_models` when it is not None (set
     it, or use `offer`), and `GET /api/v1/nodes/artifacts/{sha256}` serves `artifacts[sha256]`.
+
+    Like the real console it has an Ed25519 key: its policy bundle (`GET /api/v1/nodes/bundle`,
+    named in every heartbeat answer) lets the tenant TESTER call anything here, and `auth()`
+    gives the Authorization header of a token for TESTER that enrolled agents accept.
     """
 
-    def __init__(self, port: int = 0, heartbeat_interval_s: int = 1) -> None:
+    def __init__(self, port: int = 0, heartbeat_interval_s: int = 1, key=None) -> None:
         from inference import protocol
 
         self.protocol = protocol
+        self.key = key or protocol.generate_private_key()
+        self.bundle = protocol.sign_bundle(self.key, tester_bundle())
         self.calls: list[ConsoleCall] = []
         self.heartbeat_interval_s = heartbeat_interval_s
         self.answers: dict[str, Callable[[ConsoleCall], tuple[int, dict]]] = {
@@ -323,6 +335,14 @@ class FakeConsole:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 call = ConsoleCall(self.path, {k.lower(): v for k, v in self.headers.items()}, {})
                 console.calls.append(call)
+                if self.path == protocol.BUNDLE_PATH:
+                    data = console.bundle.model_dump_json().encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 sha256 = self.path.removeprefix(artifact_prefix)
                 data = (
                     console.artifacts.get(sha256) if self.path.startswith(artifact_prefix) else None
@@ -377,15 +397,39 @@ class FakeConsole:
     def calls_to(self, path: str) -> list[ConsoleCall]:
         return [c for c in self.calls if c.path == path]
 
+    @property
+    def public_key(self) -> str:
+        return self.protocol.public_key_to_b64(self.key.public_key())
+
+    def token(self, tenant: str = TESTER, ttl_s: int = 600) -> str:
+        from datetime import UTC, datetime, timedelta
+
+        now = datetime.now(UTC).replace(microsecond=0)
+        return self.protocol.issue_token(
+            self.key,
+            self.protocol.TokenClaims(
+                tenant=tenant,
+                scopes=[self.protocol.SCOPE_INFER],
+                issued_at=now,
+                expires_at=now + timedelta(seconds=ttl_s),
+                token_id=f"tok-{tenant}-{time.monotonic_ns()}",
+                key_id=self.protocol.key_id(self.key.public_key()),
+            ),
+        )
+
+    def auth(self) -> dict[str, str]:
+        """Headers of a request by TESTER, whom the fake console's bundle lets call anything."""
+        return {"Authorization": f"Bearer {self.token()}"}
+
     def enroll_ok(self, call: ConsoleCall) -> tuple[int, dict]:
-        return 201, enrollment(self.heartbeat_interval_s)
+        return 201, enrollment(self.heartbeat_interval_s, self.public_key)
 
     def heartbeat_ok(self, call: ConsoleCall) -> tuple[int, dict]:
         reply = {
             "status": "online",
             "heartbeat_interval_s": self.heartbeat_interval_s,
             "server_time": "2026-01-01T00:00:00Z",
-            "desired_bundle_revision": None,
+            "desired_bundle_revision": self.bundle.bundle.revision,
         }
         if self.desired_models is not None:
             reply["desired_models"] = list(self.desired_models)
@@ -413,3 +457,27 @@ class FakeConsole:
         """The `models` of the latest heartbeat (empty before the first)."""
         beats = self.calls_to(self.protocol.HEARTBEAT_PATH)
         return beats[-1].body["models"] if beats else []
+
+
+def tester_bundle(revision: int = 1):
+    """A policy bundle with one tenant, TESTER, whom nothing limits: no pools, no prices."""
+    from datetime import UTC, datetime, timedelta
+
+    from inference.protocol import PolicyBundle, TenantRules
+
+    now = datetime.now(UTC)
+    return PolicyBundle(
+        revision=revision,
+        issued_at=now,
+        expires_at=now + timedelta(hours=6),
+        tenants=[
+            TenantRules(
+                slug=TESTER,
+                privacy="any",
+                fallback="reject",
+                quality="best_effort",
+                currency="EUR",
+                on_budget_exhausted="alert",
+            )
+        ],
+    )

@@ -111,3 +111,24 @@ def serve_enrolled(start_process, console_url: str, root, name: str, region, nod
         ],
     )
     return port
+
+
+def enforced_tokens(*tenants, timeout: float = 20) -> dict[str, str]:
+    """A token for each tenant (a Tenant or a slug, created if need be) once every node
+    enforces a policy bundle that knows them: enrolled agents serve tenants only."""
+    from billing.api import issue_tenant_token
+    from billing.models import Tenant
+    from fleet.models import Node, PolicyBundleRecord
+    from fleet.policy_plane import publish_bundle
+
+    found = [
+        t if isinstance(t, Tenant) else Tenant.objects.get_or_create(slug=t, name=t.title())[0]
+        for t in tenants
+    ]
+    record = publish_bundle(["test"]) or PolicyBundleRecord.objects.order_by("-revision")[0]
+    wait_until(
+        lambda: all((n.bundle_revision or 0) >= record.revision for n in Node.objects.all()),
+        timeout=timeout,
+        what=f"every node enforcing bundle {record.revision}",
+    )
+    return {t.slug: issue_tenant_token(t, 600).token for t in found}

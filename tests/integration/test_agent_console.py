@@ -17,6 +17,7 @@ import pytest
 
 from inference import protocol
 from inference.agent import save_identity
+from inference.bundle_store import BUNDLE_FILE
 from tests.inference.harness import (
     FakeConsole,
     agent_command,
@@ -58,7 +59,14 @@ def doubled(agent) -> list[float]:
 def test_it_enrolls_saves_its_identity_and_heartbeats(models, tmp_path, console):
     state = tmp_path / "state"
     with running_agent(
-        models, state, "--console", console.url, "--enroll", TOKEN, log_path=tmp_path / "agent.log"
+        models,
+        state,
+        "--console",
+        console.url,
+        "--enroll",
+        TOKEN,
+        log_path=tmp_path / "agent.log",
+        headers=console.auth(),
     ) as agent:
         doubled(agent)
         wait_until(lambda: len(heartbeats(console)) >= 2, what="two heartbeats")
@@ -87,7 +95,8 @@ def test_it_enrolls_saves_its_identity_and_heartbeats(models, tmp_path, console)
         )
         assert 0 < report.models[0].run_ms_batch1 < 100  # measured: it calibrates the classes
         assert 0 <= report.memory_pressure <= 1
-        assert report.bundle_revision is None
+        assert report.bundle_revision == 1  # the fake console's bundle, fetched once named
+        assert console.calls_to(protocol.BUNDLE_PATH)
         assert 'outpost_agent_info{mode="enrolled"' in agent.metrics()
 
 
@@ -140,27 +149,42 @@ def test_enrollment_is_retried_while_the_console_answers_5xx(models, tmp_path, c
         "--enroll",
         TOKEN,
         log_path=tmp_path / "agent.log",
+        headers=console.auth(),
     ) as agent:
-        doubled(agent)  # serving while enrollment is retried
+        # Ready (and serving) once enrolled and holding the console's policy bundle.
+        assert doubled(agent) == [2, 4, 6, 8]
         wait_until(lambda: heartbeats(console), timeout=20, what="enrollment after two 503s")
     assert len(attempts) == 3
 
 
+def enrolled_before(state, console: FakeConsole) -> None:
+    """A node enrolled with `console` in an earlier run, holding its policy bundle."""
+    save_identity(state, protocol.EnrollResponse.model_validate(enrollment(1, console.public_key)))
+    (state / BUNDLE_FILE).write_text(console.bundle.model_dump_json())
+
+
 def test_it_keeps_serving_while_the_console_is_down_and_reports_when_it_returns(models, tmp_path):
     state = tmp_path / "state"
-    save_identity(state, protocol.EnrollResponse.model_validate(enrollment()))
     with socket.socket() as probe:  # a port nobody listens on, yet
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    earlier = FakeConsole()
+    earlier.close()
+    enrolled_before(state, earlier)
     with running_agent(
-        models, state, "--console", f"http://127.0.0.1:{port}", log_path=tmp_path / "agent.log"
+        models,
+        state,
+        "--console",
+        f"http://127.0.0.1:{port}",
+        log_path=tmp_path / "agent.log",
+        headers=earlier.auth(),
     ) as agent:
         for _ in range(3):
-            assert doubled(agent) == [2, 4, 6, 8]
+            assert doubled(agent) == [2, 4, 6, 8]  # on the bundle it saved
             time.sleep(0.5)
         assert "heartbeat to" in agent.log()
         assert 'outpost_console_heartbeats_total{outcome="failure"}' in agent.metrics()
-        console = FakeConsole(port=port)
+        console = FakeConsole(port=port, key=earlier.key)
         try:
             wait_until(
                 lambda: heartbeats(console), timeout=20, what="a heartbeat once the console is back"
@@ -173,20 +197,20 @@ def test_it_keeps_serving_while_the_console_is_down_and_reports_when_it_returns(
 
 def test_a_revoked_credential_is_logged_loudly_and_serving_goes_on(models, tmp_path, console):
     console.answers[protocol.HEARTBEAT_PATH] = lambda call: (401, {"detail": "Unauthorized"})
+    enrolled_before(tmp_path / "state", console)
     with running_agent(
         models,
         tmp_path / "state",
         "--console",
         console.url,
-        "--enroll",
-        TOKEN,
         log_path=tmp_path / "agent.log",
+        headers=console.auth(),
     ) as agent:
         wait_until(
             lambda: "REJECTED THIS NODE'S CREDENTIAL" in agent.log(), what="the loud log line"
         )
         assert "HTTP 401: Unauthorized" in agent.log()
-        assert doubled(agent) == [2, 4, 6, 8]
+        assert doubled(agent) == [2, 4, 6, 8]  # on its last good policy bundle
 
 
 def test_console_without_identity_or_token_is_refused_at_start(models, tmp_path):

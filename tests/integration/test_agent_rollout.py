@@ -62,6 +62,7 @@ def start(tmp_path, console, *args):
         TOKEN,
         *args,
         log_path=tmp_path / "agent.log",
+        headers=console.auth(),
     )
 
 

@@ -47,6 +47,7 @@ def start(tmp_path, console):
         "--enroll",
         TOKEN,
         log_path=tmp_path / "agent.log",
+        headers=console.auth(),
     )
 
 
@@ -103,20 +104,21 @@ def test_a_version_with_signals_accepts_good_ones_and_refuses_bad_ones_with_a_40
         plain = infer(agent, {"tierr": [1], "visits": "many"}, model="plain")
         assert plain.status_code == 200, plain.text
 
-        # An unmodified tritonclient, its signals in `parameters=`.
+        # An unmodified tritonclient, its signals in `parameters=`, its token in `headers=`.
         client = triton.InferenceServerClient(agent.address)
+        auth = console.auth()
         x = triton.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-        result = client.infer(MODEL, [x], parameters={"tier": "gold", "visits": 2})
+        result = client.infer(MODEL, [x], parameters={"tier": "gold", "visits": 2}, headers=auth)
         np.testing.assert_array_equal(result.as_numpy("y"), np.ones((1, 4), dtype=np.float32))
         with pytest.raises(InferenceServerException) as caught:
-            client.infer(MODEL, [x], parameters={"tier": 3})
+            client.infer(MODEL, [x], parameters={"tier": 3}, headers=auth)
         assert caught.value.status() == "400"
         assert caught.value.message() == (
             "signal 'tier' must be a string (the model 'acme.churn' declares it so), got 3"
         )
         with pytest.raises(InferenceServerException, match="unknown signal 'vists'"):
-            client.infer(MODEL, [x], parameters={"vists": 2})
+            client.infer(MODEL, [x], parameters={"vists": 2}, headers=auth)
 
 
 @pytest.fixture

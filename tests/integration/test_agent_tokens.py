@@ -1,5 +1,6 @@
 """Tenant tokens end to end: the SDK gets a token from the live console, a real agent enrolled
-with that console checks it offline, and refuses forged, expired and misplaced credentials."""
+with that console checks it offline, requires one on every inference request, and refuses
+forged, expired and misplaced credentials."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -15,12 +17,12 @@ import tritonclient.http as triton
 from billing.models import ApiKey
 from billing.signing import console_private_key
 from fleet.models import EnrollmentToken
+from fleet.policy_plane import publish_bundle
 from inference import protocol
 from inference.sdk import Outpost, OutpostError
 from tests.inference.harness import (
     FakeConsole,
     doubler_model,
-    enrollment,
     running_agent,
     wait_until,
 )
@@ -41,9 +43,10 @@ def acme_key(acme):
 
 
 @pytest.fixture
-def enrolled_agent(live_server, models, tmp_path, eu_west, nano):
-    """An agent enrolled with the live console, once it knows the console's key."""
+def enrolled_agent(live_server, models, tmp_path, eu_west, nano, acme):
+    """An agent enrolled with the live console, enforcing its policy bundle (acme in it)."""
     _, secret = EnrollmentToken.issue(node_name="fra-nano-1", region=eu_west, node_class=nano)
+    publish_bundle(["test"])
     with running_agent(
         models,
         tmp_path / "state",
@@ -86,7 +89,7 @@ def b64url(raw: bytes) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_enrolled_agent_serves_a_token_the_console_issued_and_requests_without_one(
+def test_an_enrolled_agent_serves_a_token_the_console_issued_and_nothing_without_one(
     live_server, enrolled_agent, acme_key
 ):
     with Outpost(live_server.url, acme_key) as outpost:
@@ -105,8 +108,10 @@ def test_an_enrolled_agent_serves_a_token_the_console_issued_and_requests_withou
     result = client.infer("doubler", [tensor], headers={"Authorization": f"Bearer {answer.token}"})
     np.testing.assert_array_equal(result.as_numpy("y"), [[2, 2, 2, 2]])
 
-    # Tokens are not required yet: no header, no tenant, served as before.
-    assert infer(enrolled_agent).status_code == 200
+    # No token, no tenant: an enrolled node serves tenants only.
+    refused = infer(enrolled_agent)
+    assert refused.status_code == 401
+    assert refused.json()["error"].startswith("this node serves tenants only")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -142,37 +147,21 @@ def test_an_enrolled_agent_refuses_forged_expired_and_misplaced_credentials(
     assert 'outpost_inference_requests_total{model="doubler",outcome="client_error"} 5.0' in (
         metrics
     )
-    assert infer(enrolled_agent).status_code == 200
     good = console_token(issued_at=now, ttl_s=600)
     assert infer(enrolled_agent, good).status_code == 200
 
 
 def test_a_token_presented_while_the_node_is_still_enrolling_is_answered_503(models, tmp_path):
     console = FakeConsole()
-    key = protocol.generate_private_key()
     enroll_now = threading.Event()
 
     def enroll(call):
         if not enroll_now.is_set():
             return 503, {"error": "the console is starting"}
-        return 201, {
-            **enrollment(),
-            "console_public_key": protocol.public_key_to_b64(key.public_key()),
-        }
+        return console.enroll_ok(call)
 
     console.answers[protocol.ENROLL_PATH] = enroll
-    now = datetime.now(UTC).replace(microsecond=0)
-    token = protocol.issue_token(
-        key,
-        protocol.TokenClaims(
-            tenant="acme",
-            scopes=["infer"],
-            issued_at=now,
-            expires_at=now + timedelta(minutes=10),
-            token_id="tok-enrolling",
-            key_id=protocol.key_id(key.public_key()),
-        ),
-    )
+    token = console.token()
     try:
         with running_agent(
             models,
@@ -182,24 +171,39 @@ def test_a_token_presented_while_the_node_is_still_enrolling_is_answered_503(mod
             "--enroll",
             "enroll-token-1234",
             log_path=tmp_path / "agent.log",
+            ready=False,
         ) as agent:
+            wait_until(lambda: _loaded(agent), what="the model loaded")
             waiting = infer(agent, token)
             assert waiting.status_code == 503
             assert waiting.headers["retry-after"] == "5"
             assert "still enrolling" in waiting.json()["error"]
-            assert infer(agent).status_code == 200  # without a token: served
+            assert infer(agent).status_code == 401  # without a token: never served
+            assert agent.get("/v2/health/ready").status_code == 503
 
             enroll_now.set()
             wait_until(lambda: KEY_KNOWN in agent.log(), timeout=30, what="the enrollment")
+            wait_until(
+                lambda: agent.get("/v2/health/ready").status_code == 200,
+                timeout=30,
+                what="ready once the policy bundle arrived",
+            )
             assert infer(agent, token).status_code == 200
     finally:
         console.close()
 
 
+def _loaded(agent) -> bool:
+    try:
+        return agent.get("/v2/models/doubler/ready").status_code == 200
+    except httpx.HTTPError:
+        return False  # not listening yet
+
+
 def test_a_standalone_agent_ignores_authorization_and_says_so(models, tmp_path):
     with running_agent(models, tmp_path / "state", log_path=tmp_path / "agent.log") as agent:
         assert infer(agent, "opt_not-checked-here").status_code == 200
-        assert agent.log().count("this agent does not check tenant tokens") == 1
+        assert agent.log().count("answers inference requests from this machine only") == 1
 
 
 # --- the SDK's side of the exchange -----------------------------------------------------------

@@ -15,7 +15,7 @@ from fleet.drift_actions import check_version
 from fleet.models import DriftAlert, DriftWindow, Node
 from fleet.rollout_actions import judge, promote, start_rollout
 from fleet.rollouts import Gates
-from tests.integration.conftest import serve_enrolled, wait_until
+from tests.integration.conftest import enforced_tokens, serve_enrolled, wait_until
 from tests.integration.test_rollout_e2e import infer, register, scaler
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,6 +41,7 @@ def ready(*sha256s):
 
 def test_a_canary_whose_outputs_drift_is_rolled_back(client, acme, agent, tmp_path):
     key = ApiKey.issue(acme, "ci")[1]
+    token = enforced_tokens(acme)["acme"]
     v1 = register(client, key, scaler(tmp_path / "v1.onnx", 2.0))
     promote(start_rollout(v1, strategy="all_at_once"))
     wait_until(ready(v1.sha256), timeout=60, what="v1 served")
@@ -54,7 +55,7 @@ def test_a_canary_whose_outputs_drift_is_rolled_back(client, acme, agent, tmp_pa
         time.sleep(0.5)
     minute_started = time.time() // 60 * 60
     for i in range(300):
-        assert infer(agent, f"session-{i}", value=0.5).status_code == 200
+        assert infer(agent, f"session-{i}", value=0.5, token=token).status_code == 200
     assert time.time() - minute_started < 60, "the traffic spilled into the next minute"
 
     def both_reported():

@@ -11,7 +11,7 @@ from django.utils import timezone
 from fleet.models import EnrollmentToken, Node
 from fleet.tasks import detect_status_flips_task
 from tests.inference.harness import doubler_model
-from tests.integration.conftest import free_port, python, wait_until
+from tests.integration.conftest import enforced_tokens, free_port, python, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,11 +63,12 @@ def test_an_agent_enrolls_heartbeats_serves_and_goes_offline(
         "ready": True,
     }
 
+    token = enforced_tokens("acme")["acme"]
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     batch = np.arange(8, dtype=np.float32).reshape(2, 4)
     request = triton.InferInput("x", [2, 4], "FP32")
     request.set_data_from_numpy(batch, binary_data=False)
-    result = client.infer("doubler", [request])
+    result = client.infer("doubler", [request], headers={"Authorization": f"Bearer {token}"})
     np.testing.assert_array_equal(result.as_numpy("y"), batch * 2)
     wait_until(
         lambda: Node.objects.get(pk=node.pk).requests_total >= 1,

@@ -6,12 +6,11 @@ import httpx
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from billing.api import issue_tenant_token
 from billing.models import Tenant
 from fleet.models import ModelVersion, Node
 from fleet.rollout_actions import pin, promote, start_rollout, unpin
 from fleet.tasks import grade_version_task
-from tests.integration.conftest import serve_enrolled, wait_until
+from tests.integration.conftest import enforced_tokens, serve_enrolled, wait_until
 from tests.integration.test_rollout_e2e import scaler
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,13 +25,11 @@ def port(live_server, start_process, tmp_path, eu_west, nano, settings):
     return port
 
 
-def answers(port, sessions, token=None):
+def answers(port, sessions, token):
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0] * 4}]}
     values = set()
     for session in sessions:
-        headers = {"X-Session-Id": session}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"X-Session-Id": session, "Authorization": f"Bearer {token}"}
         response = httpx.post(
             f"http://127.0.0.1:{port}/v2/models/scaler/infer", json=body, headers=headers
         )
@@ -58,8 +55,8 @@ def test_a_pinned_tenant_stays_on_its_version_whatever_the_split(operator, port,
     promote(start_rollout(v1, strategy="all_at_once"))
     v2 = register(operator, scaler(tmp_path / "v2.onnx", 3.0))
     canary = start_rollout(v2, steps=[50, 100], soak_s=3600)
-    acme = Tenant.objects.create(slug="acme", name="Acme")
-    token = issue_tenant_token(acme, 600).token
+    tokens = enforced_tokens("acme", "globex")
+    acme, token, others = Tenant.objects.get(slug="acme"), tokens["acme"], tokens["globex"]
     sessions = [f"s-{i}" for i in range(60)]
 
     def both_ready():
@@ -67,10 +64,10 @@ def test_a_pinned_tenant_stays_on_its_version_whatever_the_split(operator, port,
         return {v1.sha256, v2.sha256} <= {r["sha256"] for r in rows}
 
     wait_until(both_ready, timeout=60, what="v1 and v2 ready on the node")
-    assert answers(port, sessions) == {2.0, 3.0}  # a 50 % split by session
+    assert answers(port, sessions, others) == {2.0, 3.0}  # a 50 % split by session
     pin(canary, acme, "old")
     wait_until(lambda: answers(port, sessions, token) == {2.0}, timeout=30, what="acme on v1")
-    assert answers(port, sessions) == {2.0, 3.0}  # everyone else still splits
+    assert answers(port, sessions, others) == {2.0, 3.0}  # everyone else still splits
 
     pin(canary, acme, "new")
     wait_until(lambda: answers(port, sessions, token) == {3.0}, timeout=30, what="acme on v2")

@@ -16,7 +16,7 @@ from fleet.rollout_actions import judge, promote, start_rollout
 from fleet.rollouts import Gates
 from fleet.tasks import grade_version_task, push_desired_task
 from tests.inference.harness import make_model, save
-from tests.integration.conftest import serve_enrolled, wait_until
+from tests.integration.conftest import enforced_tokens, serve_enrolled, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,12 +86,12 @@ def serving(sha256: str, *, ready: bool = True):
     return check
 
 
-def infer(port, session, value=1.0):
+def infer(port, session, value=1.0, *, token):
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}]}
     response = httpx.post(
         f"http://127.0.0.1:{port}/v2/models/acme.scaler/infer",
         json=body,
-        headers={"X-Session-Id": session},
+        headers={"X-Session-Id": session, "Authorization": f"Bearer {token}"},
         timeout=10,
     )
     return response
@@ -101,11 +101,12 @@ def test_a_model_goes_from_upload_to_every_selected_node_and_canaries_safely(
     client, acme, agents, tmp_path
 ):
     key = ApiKey.issue(acme, "ci")[1]
+    token = enforced_tokens(acme)["acme"]
     v1 = register(client, key, scaler(tmp_path / "v1.onnx", 2.0))
     first = start_rollout(v1, strategy="all_at_once")
     wait_until(serving(v1.sha256), timeout=60, what="v1 served on both nodes")
     for port in agents.values():
-        assert infer(port, "s").json()["outputs"][0]["data"] == [2.0] * 4
+        assert infer(port, "s", token=token).json()["outputs"][0]["data"] == [2.0] * 4
     promote(first)  # a first deployment has no previous version to be judged against
 
     # A canary at 50 %: sessions split between the versions, each session sticks to one.
@@ -113,16 +114,18 @@ def test_a_model_goes_from_upload_to_every_selected_node_and_canaries_safely(
     canary = start_rollout(v2, steps=[50, 100], soak_s=0, gates=Gates(min_requests=20))
     wait_until(serving(v2.sha256), timeout=60, what="v2 served beside v1")
     port = agents["fra-nano-1"]
-    outputs = [infer(port, f"session-{i}").json()["outputs"][0]["data"][0] for i in range(400)]
+    outputs = [
+        infer(port, f"session-{i}", token=token).json()["outputs"][0]["data"][0] for i in range(400)
+    ]
     share = outputs.count(3.0) / len(outputs)
     assert 0.4 < share < 0.6, share
-    assert {infer(port, "session-7").json()["outputs"][0]["data"][0] for _ in range(5)} == {
-        outputs[7]
-    }
+    assert {
+        infer(port, "session-7", token=token).json()["outputs"][0]["data"][0] for _ in range(5)
+    } == {outputs[7]}
 
     def canary_done():
         for i in range(30):  # traffic for the step being judged
-            infer(port, f"more-{time.monotonic()}-{i}")
+            infer(port, f"more-{time.monotonic()}-{i}", token=token)
         return judge(canary).value == "complete"
 
     wait_until(canary_done, timeout=60, interval=0.5, what="the canary to pass 50 % and 100 %")
@@ -132,7 +135,7 @@ def test_a_model_goes_from_upload_to_every_selected_node_and_canaries_safely(
     bad = start_rollout(v3, steps=[50, 100], soak_s=3600, gates=Gates(min_requests=20))
     wait_until(serving(v3.sha256), timeout=60, what="v3 served beside v2")
     for i in range(200):
-        infer(port, f"s-{i}")
+        infer(port, f"s-{i}", token=token)
     wait_until(
         lambda: judge(bad).value == "roll_back", timeout=30, what="the broken canary to roll back"
     )
@@ -146,11 +149,14 @@ def test_a_model_goes_from_upload_to_every_selected_node_and_canaries_safely(
         timeout=60,
         what="v3 unloaded",
     )
-    assert {infer(port, f"after-{i}").json()["outputs"][0]["data"][0] for i in range(20)} == {3.0}
+    assert {
+        infer(port, f"after-{i}", token=token).json()["outputs"][0]["data"][0] for i in range(20)
+    } == {3.0}
 
 
 def test_a_tampered_artifact_is_refused_by_the_node_and_reported(client, acme, agents, tmp_path):
     key = ApiKey.issue(acme, "ci")[1]
+    token = enforced_tokens(acme)["acme"]
     version = register(client, key, scaler(tmp_path / "v1.onnx", 2.0))
     path = artifacts.path_for(version.sha256)
     path.write_bytes(scaler(tmp_path / "evil.onnx", 9.0))  # storage swapped under the console
@@ -165,7 +171,7 @@ def test_a_tampered_artifact_is_refused_by_the_node_and_reported(client, acme, a
     rows = wait_until(reported, timeout=60, what="both nodes to report the mismatch")
     assert "sha256" in rows[0]["problem"]
     evil = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert infer(agents["fra-nano-1"], "s").status_code in (404, 503)
+    assert infer(agents["fra-nano-1"], "s", token=token).status_code in (404, 503)
     assert evil != version.sha256
 
 
@@ -173,6 +179,7 @@ def test_a_pushed_rollout_does_not_wait_for_the_next_heartbeat(
     client, acme, agents, tmp_path, settings
 ):
     key = ApiKey.issue(acme, "ci")[1]
+    token = enforced_tokens(acme)["acme"]
     version = register(client, key, scaler(tmp_path / "v1.onnx", 2.0))
     settings.OUTPOST_HEARTBEAT_INTERVAL_S = 300  # the next heartbeat answer is far away now
     for _ in range(2):  # let both agents hear of the long interval
@@ -186,6 +193,8 @@ def test_a_pushed_rollout_does_not_wait_for_the_next_heartbeat(
     assert taken == 2
     for port in agents.values():
         wait_until(
-            lambda p=port: infer(p, "s").status_code == 200, timeout=20, what="the pushed version"
+            lambda p=port: infer(p, "s", token=token).status_code == 200,
+            timeout=20,
+            what="the pushed version",
         )
     assert time.monotonic() - started < 20

@@ -32,10 +32,12 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 
+from billing.models import ApiKey, Tenant
 from console.demo import seed as demo_seed
 from console.demo.supervisor import ChildSpec, Supervisor
 from console.demo.traffic import build_infer_request
 from fleet.models import Node
+from fleet.policy_plane import publish_bundle
 
 PYTHON = sys.executable
 # Routine lines that would drown everything else, hidden from the terminal: a successful
@@ -53,6 +55,9 @@ CONSOLE_START_TIMEOUT_S = 60
 NODE_START_TIMEOUT_S = 120
 DEMO_DRIFT = '{"min_rows": 10}'
 DEMO_MODEL = "tiny-classifier"
+# The banner's example calls a node as this tenant, with a key minted for it on each run.
+BANNER_TENANT = "globex"
+BANNER_KEY_NAME = "demo banner"
 
 
 class Command(BaseCommand):
@@ -108,6 +113,10 @@ class Command(BaseCommand):
             demo_seed.register_demo_models(self.var / "models", models_report)
             for change in models_report.changes:
                 self.stdout.write(change)
+            # Enrolled nodes serve tenants by a policy bundle: one is there before they start.
+            published = publish_bundle(["demo seeded"])
+            if published is not None:
+                self.stdout.write(f"published policy bundle r{published.revision}")
         except KeyboardInterrupt:
             raise CommandError("interrupted before anything was started") from None
         # Children open their own connections; ours would only hold SQLite's file open.
@@ -240,8 +249,12 @@ class Command(BaseCommand):
         connections.close_all()
         if not ready:
             return supervisor.wait()
-        # The regions' accelerator pools take in the accelerators that just enrolled.
+        # The regions' accelerator pools take in the accelerators that just enrolled; the
+        # nodes learn of them in the next bundle.
         demo_seed.seed_accelerator_pools(demo_seed.SeedReport())
+        published = publish_bundle(["accelerator pools seeded"])
+        if published is not None:
+            supervisor.log(f"published policy bundle r{published.revision} with the pools")
         connections.close_all()
 
         if not options["no_traffic"]:
@@ -263,6 +276,12 @@ class Command(BaseCommand):
             story = [PYTHON, "manage.py", "demo_story", "--console", self.console_url]
             supervisor.start(
                 ChildSpec("story", story, env=self._env(), cwd=self.root, stage=3, one_shot=True)
+            )
+            policy_story = [PYTHON, "manage.py", "demo_policy_story", "--console", self.console_url]
+            supervisor.start(
+                ChildSpec(
+                    "policy", policy_story, env=self._env(), cwd=self.root, stage=3, one_shot=True
+                )
             )
         supervisor.print_block(self._banner(nodes, traffic=not options["no_traffic"]))
         return supervisor.wait()
@@ -340,10 +359,23 @@ class Command(BaseCommand):
                 else "off (--no-traffic)"
             ),
         ]
-        lines += ["", "  Call a node yourself:", f"    {self._curl_example(nodes[0])}", ""]
+        lines += [
+            "",
+            f"  {'Policy':<10} every node's enforced bundle revision: {url}/fleet/bundles/",
+            f"  {'':<10} why a request was offloaded or refused: {url}/fleet/decisions/",
+            f"  {'':<10} the same decision, simulated: {url}/fleet/policies/simulator/",
+            f"  {'':<10} the policy story heats {nodes[0].name} every five minutes",
+            "",
+            f"  Call a node yourself, as {BANNER_TENANT} (an enrolled node wants a token):",
+            *[f"    {line}" for line in self._curl_example(nodes[0])],
+            "",
+        ]
         return "\n".join(lines)
 
-    def _curl_example(self, node: demo_seed.DemoNode) -> str:
+    def _curl_example(self, node: demo_seed.DemoNode) -> list[str]:
+        """Two commands: exchange a (fresh) API key of the banner's tenant for a token, then
+        call the node's demo model with it."""
+        tenant = Tenant.objects.filter(slug=BANNER_TENANT).first()
         try:
             with urllib.request.urlopen(  # noqa: S310 - a loopback URL we built
                 f"{node.endpoint}/v2/models/{DEMO_MODEL}", timeout=2
@@ -354,13 +386,21 @@ class Command(BaseCommand):
                 if isinstance(tensor["data"][0], float):
                     tensor["data"] = [round(v, 2) for v in tensor["data"]]
             payload = json.dumps(body, separators=(",", ":"))
-            model = DEMO_MODEL
         except (OSError, ValueError, KeyError, IndexError):
-            return f"curl -s {node.endpoint}/v2/health/ready -o /dev/null -w '%{{http_code}}\\n'"
-        return (
-            f"curl -s {node.endpoint}/v2/models/{model}/infer "
-            f"-H 'Content-Type: application/json' -d '{payload}'"
-        )
+            return [f"curl -s {node.endpoint}/v2/health/ready -o /dev/null -w '%{{http_code}}\\n'"]
+        if tenant is None:
+            return [f"curl -s {node.endpoint}/v2/models/{DEMO_MODEL}"]
+        for old in ApiKey.objects.active().filter(tenant=tenant, name=BANNER_KEY_NAME):
+            old.revoke()
+        _, secret = ApiKey.issue(tenant, BANNER_KEY_NAME)
+        connections.close_all()
+        return [
+            f"TOKEN=$(curl -s -X POST {self.console_url}/api/v1/tokens -H 'Authorization: "
+            f"Bearer {secret}' | {PYTHON} -c 'import json,sys; print(json.load(sys.stdin)"
+            '["token"])\')',
+            f'curl -s -i {node.endpoint}/v2/models/{DEMO_MODEL}/infer -H "Authorization: '
+            f"Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{payload}'",
+        ]
 
 
 def _http_ok(url: str) -> bool:
