@@ -562,50 +562,47 @@ class PolicyForm(BootstrapForm):
         return None
 
 
-class FailClosedForm(BootstrapForm):
+class _OperatorPolicyFieldForm(BootstrapForm):
+    """One operator-only field of a tenant's policy, saved through update_policy (which
+    validates it and writes the audit row); `field` names it."""
+
+    field: str
+
+    def save(self, tenant: Tenant, *, actor) -> TenantPolicy | None:
+        try:
+            return update_policy(
+                tenant,
+                {self.field: self.cleaned_data[self.field]},
+                actor=actor,
+                actor_kind=PolicyActorKind.OPERATOR,
+            )
+        except ValidationError as exc:
+            add_validation_errors(self, exc)
+            return None
+
+
+class FailClosedForm(_OperatorPolicyFieldForm):
     """An operator's per-tenant choice: nodes refuse the tenant's requests when the bundle
     they hold is older than this."""
 
+    field = "fail_closed_after_s"
     fail_closed_after_s = forms.IntegerField(
         required=False,
         label="Fail closed after (s)",
         help_text="Empty: keep serving with an old bundle.",
     )
 
-    def save(self, tenant: Tenant, *, actor) -> TenantPolicy | None:
-        try:
-            return update_policy(
-                tenant,
-                {"fail_closed_after_s": self.cleaned_data["fail_closed_after_s"]},
-                actor=actor,
-                actor_kind=PolicyActorKind.OPERATOR,
-            )
-        except ValidationError as exc:
-            add_validation_errors(self, exc)
-            return None
 
-
-class RateLimitForm(BootstrapForm):
+class RateLimitForm(_OperatorPolicyFieldForm):
     """An operator's per-tenant rate limit: each node admits at most this many of the tenant's
     requests per second, and answers 429 with Retry-After beyond it."""
 
+    field = "rate_limit_per_s"
     rate_limit_per_s = forms.IntegerField(
         required=False,
         label="Rate limit (requests/s per node)",
         help_text="Empty: no limit.",
     )
-
-    def save(self, tenant: Tenant, *, actor) -> TenantPolicy | None:
-        try:
-            return update_policy(
-                tenant,
-                {"rate_limit_per_s": self.cleaned_data["rate_limit_per_s"]},
-                actor=actor,
-                actor_kind=PolicyActorKind.OPERATOR,
-            )
-        except ValidationError as exc:
-            add_validation_errors(self, exc)
-            return None
 
 
 class NodeClassThresholdsForm(BootstrapForm):
@@ -679,8 +676,24 @@ class AcceleratorPoolForm(BootstrapForm):
         "offload to.",
     )
 
+    fallback = forms.ModelChoiceField(
+        queryset=Region.objects.all(),
+        to_field_name="code",
+        required=False,
+        label="Falls back to",
+        error_messages={"invalid_choice": "There is no region with that code."},
+        help_text="The region whose pool takes what this one cannot, as far as each tenant's "
+        "privacy and residency allow.",
+    )
+
     def __init__(
-        self, *args, region: Region, pool: AcceleratorPool | None, candidates: list[Node], **kwargs
+        self,
+        *args,
+        region: Region,
+        pool: AcceleratorPool | None,
+        candidates: list[Node],
+        regions: list[Region] | None = None,
+        **kwargs,
     ) -> None:
         kwargs.setdefault("prefix", f"pool-{region.code}")
         kwargs.setdefault(
@@ -688,12 +701,17 @@ class AcceleratorPoolForm(BootstrapForm):
             {
                 "name": pool.name if pool else f"{region.name} accelerators",
                 "nodes": [node.uid for node in pool.nodes.all()] if pool else [],
+                "fallback": pool.fallback.code if pool and pool.fallback_id else "",
             },
         )
         super().__init__(*args, **kwargs)
         self.region = region
-        # What is offered, without a query: the validation reads the queryset (every node).
+        # What is offered, without a query: the validation reads the querysets.
         self.fields["nodes"].widget.choices = [(node.uid, node.name) for node in candidates]
+        others = [r for r in regions or [] if r.pk != region.pk]
+        self.fields["fallback"].widget.choices = [("", "nowhere")] + [
+            (r.code, f"{r.code} (zone {r.residency_zone})") for r in others
+        ]
 
     def save(self, *, actor) -> AcceleratorPool | None:
         try:
@@ -701,6 +719,7 @@ class AcceleratorPoolForm(BootstrapForm):
                 self.region,
                 name=self.cleaned_data["name"],
                 nodes=self.cleaned_data["nodes"],
+                fallback=self.cleaned_data["fallback"],
                 actor=actor,
             )
         except ValidationError as exc:

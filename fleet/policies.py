@@ -165,16 +165,49 @@ def set_node_class_thresholds(
 
 def pool_snapshot(pool: AcceleratorPool | None) -> dict[str, object]:
     if pool is None:
-        return {"name": None, "nodes": []}
-    return {"name": pool.name, "nodes": sorted(node.name for node in pool.nodes.all())}
+        return {"name": None, "nodes": [], "fallback": None}
+    return {
+        "name": pool.name,
+        "nodes": sorted(node.name for node in pool.nodes.all()),
+        "fallback": pool.fallback.code if pool.fallback_id else None,
+    }
+
+
+def fallback_problem(region: Region, fallback: Region | None) -> str | None:
+    """Why `region` may not fall back to `fallback`: itself, or a cycle with the fallbacks the
+    other pools have now (the compiler refuses a cycle too; this says it at the form)."""
+    if fallback is None:
+        return None
+    if fallback.pk == region.pk:
+        return f"{region.code} cannot fall back to itself."
+    fallbacks = dict(
+        AcceleratorPool.objects.filter(fallback__isnull=False).values_list(
+            "region__code", "fallback__code"
+        )
+    )
+    fallbacks[region.code] = fallback.code
+    chain = [region.code]
+    while chain[-1] in fallbacks:
+        following = fallbacks[chain[-1]]
+        if following in chain:
+            cycle = " → ".join([*chain[chain.index(following) :], following])
+            return f"That makes a fallback cycle: {cycle}."
+        chain.append(following)
+    return None
 
 
 def set_accelerator_pool(
-    region: Region, *, name: str, nodes: Iterable[Node], actor
+    region: Region,
+    *,
+    name: str,
+    nodes: Iterable[Node],
+    actor,
+    fallback: Region | None = None,
 ) -> AcceleratorPool:
-    """Create or change the region's accelerator pool: its name and its nodes, each an
-    accelerator node of the region. Raises ValidationError keyed `name` and `nodes`. A change
-    writes a FleetSettingChange; no change writes nothing."""
+    """Create or change the region's accelerator pool: its name, its nodes (each an
+    accelerator node of the region) and the region it falls back to. Raises ValidationError
+    keyed `name`, `nodes` and `fallback`. A change writes a FleetSettingChange; no change
+    writes nothing."""
     name = (name or "").strip()
     chosen = list(
         Node.objects.filter(pk__in=[node.pk for node in nodes])
@@ -189,6 +222,9 @@ def set_accelerator_pool(
     problems = pool_node_problems(region.code, chosen)
     if problems:
         errors["nodes"] = problems
+    problem = fallback_problem(region, fallback)
+    if problem:
+        errors["fallback"] = [problem]
     if errors:
         raise ValidationError(errors)
     with transaction.atomic():
@@ -196,11 +232,16 @@ def set_accelerator_pool(
         before = pool_snapshot(pool)
         if pool is None:
             pool = AcceleratorPool.objects.create(region=region, name=name)
-        after = {"name": name, "nodes": [node.name for node in chosen]}
+        after = {
+            "name": name,
+            "nodes": [node.name for node in chosen],
+            "fallback": fallback.code if fallback else None,
+        }
         if after != before:
             pool.name = name
+            pool.fallback = fallback
             pool.updated_at = timezone.now()
-            pool.save(update_fields=["name", "updated_at"])
+            pool.save(update_fields=["name", "fallback", "updated_at"])
             pool.nodes.set(chosen)
             _record(SettingKind.ACCELERATOR_POOL, region.code, before, after, actor)
     return pool

@@ -65,22 +65,27 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
     now = now or timezone.now()
     policies = {p.tenant_id: p for p in TenantPolicy.objects.all()}
     tenants = [_tenant_rules(t, policies.get(t.pk)) for t in Tenant.objects.order_by("slug")]
-    pools = AcceleratorPool.objects.prefetch_related(
-        Prefetch("nodes", queryset=Node.objects.select_related("region").order_by("name"))
-    )
-    members = {
-        pool.region_id: tuple(
-            bundles.PoolMember(uid=n.uid, endpoint=n.endpoint, region=n.region.code)
-            for n in pool.nodes.all()
-        )
-        for pool in pools
+    members = Prefetch("nodes", queryset=Node.objects.select_related("region").order_by("name"))
+    pools = {
+        pool.region_id: pool
+        for pool in AcceleratorPool.objects.select_related("fallback").prefetch_related(members)
     }
-    regions = [
-        bundles.RegionSpec(
-            code=region.code, residency_zone=region.residency_zone, pool=members.get(region.pk, ())
+    regions = []
+    for region in Region.objects.order_by("code"):
+        pool = pools.get(region.pk)
+        nodes = pool.nodes.all() if pool is not None else ()
+        fallback = pool.fallback.code if pool is not None and pool.fallback_id else None
+        regions.append(
+            bundles.RegionSpec(
+                code=region.code,
+                residency_zone=region.residency_zone,
+                pool=tuple(
+                    bundles.PoolMember(uid=n.uid, endpoint=n.endpoint, region=n.region.code)
+                    for n in nodes
+                ),
+                fallback=fallback,
+            )
         )
-        for region in Region.objects.order_by("code")
-    ]
     prices = [
         PriceRow(
             grade=p.grade, serving=p.serving, currency=p.currency, per_1000=_decimal(p.per_1000)

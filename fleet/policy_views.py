@@ -172,7 +172,11 @@ def node_class_thresholds(request: HttpRequest, name: str) -> HttpResponse:
 def accelerator_pool(request: HttpRequest, region: str) -> HttpResponse:
     found = get_object_or_404(Region, code=region)
     form = AcceleratorPoolForm(
-        request.POST, region=found, pool=None, candidates=_accelerators().get(found.pk, [])
+        request.POST,
+        region=found,
+        pool=None,
+        candidates=_accelerators().get(found.pk, []),
+        regions=list(Region.objects.all()),
     )
     if form.is_valid() and form.save(actor=request.user) is not None:
         messages.success(request, f"The {found.code} accelerator pool is saved.")
@@ -211,14 +215,16 @@ def _operator_page(
         for node_class in NodeClass.objects.all()
     ]
     accelerators = _accelerators()
-    regions = Region.objects.select_related("accelerator_pool").prefetch_related(
-        "accelerator_pool__nodes"
+    regions = list(
+        Region.objects.select_related(
+            "accelerator_pool", "accelerator_pool__fallback"
+        ).prefetch_related("accelerator_pool__nodes")
     )
     pools = []
     for region in regions:
         pool = getattr(region, "accelerator_pool", None)
         form = bound.get(("pool", region.code)) or AcceleratorPoolForm(
-            region=region, pool=pool, candidates=accelerators.get(region.pk, [])
+            region=region, pool=pool, candidates=accelerators.get(region.pk, []), regions=regions
         )
         pools.append({"region": region, "pool": pool, "form": form})
     recent_policy_changes = PolicyChangeTable(

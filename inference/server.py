@@ -419,11 +419,8 @@ class AgentApp:
         if self.push_handler is None:
             await respond(send, 404, error_body("this agent runs standalone: nothing to push"))
             return
-        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
-        try:
-            body = await read_body(receive, self.max_body_bytes, declared)
-        except BodyTooLarge as exc:
-            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+        body = await self._push_body(scope, receive, send)
+        if body is None:
             return
         signature = next(
             (v.decode() for k, v in scope["headers"] if k == protocol.SIGNATURE_HEADER.encode()),
@@ -436,14 +433,20 @@ class AgentApp:
         if self.bundle_handler is None:
             await respond(send, 404, error_body("this agent runs standalone: it has no policy"))
             return
-        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
-        try:
-            body = await read_body(receive, self.max_body_bytes, declared)
-        except BodyTooLarge as exc:
-            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+        body = await self._push_body(scope, receive, send)
+        if body is None:
             return
         status, message = self.bundle_handler(body)
         await respond(send, status, b"{}" if status == 200 else error_body(message))
+
+    async def _push_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The body of a console push; answers 413 and returns None when it is too large."""
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
+        try:
+            return await read_body(receive, self.max_body_bytes, declared)
+        except BodyTooLarge as exc:
+            await respond(send, 413, error_body(str(exc)), extra=CLOSE)
+            return None
 
     # --- /v2/repository/... (Triton's model repository extension) ---------------------------
 

@@ -466,6 +466,16 @@ class AcceleratorPool(models.Model):
         limit_choices_to={"node_class__name": NodeClassKind.ACCELERATOR},
         help_text="Accelerator nodes of the pool's region",
     )
+    # Where a request goes when this pool cannot take it: the next region's pool, as far as
+    # the tenant's privacy and residency allow (fleet.bundles cuts the chain per tenant).
+    fallback = models.ForeignKey(
+        "fleet.Region",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The region whose pool takes what this one cannot; empty: none",
+    )
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -343,3 +343,60 @@ def test_a_speed_factor_calibration_does_not_publish(
         nano.speed_factor = 2.0
         nano.save(update_fields=["speed_factor"])
     assert callbacks == []
+
+
+def test_a_pool_falls_back_to_another_regions_pool_as_far_as_each_tenant_may_go(
+    eu_west, us_east, make_node, accelerator, acme
+):
+    from billing.models import Tenant
+    from fleet.models import Region
+
+    eu_north = Region.objects.create(
+        code="eu-north", name="Stockholm", jurisdiction="SE", residency_zone="EU"
+    )
+    sto = make_node("sto-gpu-1", eu_north, accelerator)
+    iad = make_node("iad-gpu-1", us_east, accelerator)
+    set_accelerator_pool(eu_north, name="Stockholm", nodes=[sto], fallback=us_east, actor=None)
+    set_accelerator_pool(us_east, name="Virginia", nodes=[iad], actor=None)
+    set_accelerator_pool(eu_west, name="Frankfurt", nodes=[], fallback=eu_north, actor=None)
+    european = Tenant.objects.create(slug="european", name="European")
+    update_policy(european, {"privacy_mode": "in_region"}, actor=None, actor_kind="operator")
+
+    bundle = verified(publish_bundle(["fallbacks"]))
+
+    routes = {(r.tenant, r.region): r.pools for r in bundle.routes}
+    # eu-west's own pool is empty: acme goes on to eu-north, then us-east.
+    assert routes[("acme", "eu-west")] == ["eu-north", "us-east"]
+    assert ("european", "eu-west") not in routes  # in_region: nowhere to go
+    assert routes[("european", "eu-north")] == ["eu-north"]
+
+
+def test_a_fallback_that_would_close_a_cycle_is_refused_at_the_form(eu_west, us_east, operator):
+    from django.core.exceptions import ValidationError
+
+    set_accelerator_pool(eu_west, name="Frankfurt", nodes=[], fallback=us_east, actor=None)
+    with pytest.raises(ValidationError) as refused:
+        set_accelerator_pool(us_east, name="Virginia", nodes=[], fallback=eu_west, actor=None)
+    assert refused.value.message_dict == {
+        "fallback": ["That makes a fallback cycle: us-east → eu-west → us-east."]
+    }
+    with pytest.raises(ValidationError, match="cannot fall back to itself"):
+        set_accelerator_pool(us_east, name="Virginia", nodes=[], fallback=us_east, actor=None)
+
+    page = operator.post(
+        "/fleet/policies/pools/us-east/",
+        {"pool-us-east-name": "Virginia", "pool-us-east-fallback": "eu-west"},
+    )
+    assert page.status_code == 200
+    assert "That makes a fallback cycle: us-east → eu-west → us-east." in page.content.decode()
+
+
+def test_a_cycle_written_around_the_form_is_refused_by_the_compiler(eu_west, us_east, acme):
+    from fleet.models import AcceleratorPool
+
+    AcceleratorPool.objects.create(region=eu_west, name="Frankfurt", fallback=us_east)
+    AcceleratorPool.objects.create(region=us_east, name="Virginia", fallback=eu_west)
+
+    assert publish_bundle(["cycle"]) is None
+    problems = BundleCompileFailure.objects.get().problems
+    assert "fallback cycle: eu-west → us-east → eu-west" in problems
