@@ -4,7 +4,9 @@ A benchmark is a script `bench/<name>.py` that defines `main(argv=None) -> int` 
 runnable alone (`.venv/bin/python bench/<name>.py [--duration S] [--quick]`); `bench/run_all.py`
 runs every such script in order. This module gives them the common parts: command-line
 options, free loopback ports, server processes started and stopped by the bench, the wrk load
-generator and its parsed output, machine information, a text table and the JSON result file.
+generator and its parsed output, Prometheus samples, the state of an enrolled agent made
+without a console (`write_enrolled_state`), machine information, a text table and the JSON
+result file.
 
 Conventions:
 - A benchmark measures; it exits 0 even when a target is missed and non-zero only when
@@ -31,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +229,193 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_all(servers: Iterable[ServerProcess], timeout: float = 10.0) -> None:
+    """Stop many servers at once: SIGTERM to every one first, then wait for each (SIGKILL for
+    those still running at the deadline), so N servers take one shutdown, not N in a row."""
+    running = [s for s in servers if s.proc is not None and s.proc.poll() is None]
+    for server in running:
+        with contextlib.suppress(ProcessLookupError):
+            server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    for server in running:
+        proc = server.proc
+        assert proc is not None
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log(f"{server.name} ignored SIGTERM for {timeout:.0f}s; killing it")
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a Prometheus text exposition (labels must match exactly, in the order
+    given); None when the sample is absent."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :].split()[0])
+    return None
+
+
+def metric_samples(text: str, name: str) -> dict[str, float]:
+    """Every sample of one metric family: {'label="v",...' or '': value}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            out[head[len(name) :].strip("{}")] = float(value)
+    return out
+
+
+# --- an enrolled agent without a console ----------------------------------------------------
+
+
+# EUR per 1,000 inferences by grade: (local, regional), as bench/policy.py's price book.
+BENCH_PRICES = {
+    "tiny": ("0.05", "0.08"),
+    "medium": ("0.40", "0.65"),
+    "large": ("2.00", "3.20"),
+}
+
+
+@dataclass
+class EnrolledState:
+    """What `write_enrolled_state` put in an agent's state dir, and what a client must send."""
+
+    state_dir: Path
+    console_url: str
+    node_uid: str
+    tenant: str
+    session_id: str
+    token: str
+    key_id: str
+    bundle_revision: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Tenant context for every request (DESIGN §4): the token and a session, so the
+        agent's spend ledger is exercised too."""
+        return {"Authorization": f"Bearer {self.token}", "X-Session-Id": self.session_id}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "console_url": self.console_url,
+            "console": "down (nothing listens there; the agent retries its heartbeats with "
+            "backoff and serves on its saved identity and bundle)",
+            "node_uid": self.node_uid,
+            "tenant": self.tenant,
+            "session_id": self.session_id,
+            "key_id": self.key_id,
+            "bundle_revision": self.bundle_revision,
+        }
+
+
+def write_enrolled_state(
+    state_dir: Path,
+    grades: Mapping[str, str],
+    *,
+    console_url: str | None = None,
+    tenant: str = "bench",
+    region: str = "bench",
+    node_class: str = "standard",
+    node_uid: str = "bench-node-00000001",
+    session_id: str = "bench-session-1",
+    valid_for: timedelta = timedelta(days=1),
+) -> EnrolledState:
+    """Make `state_dir` the state of an agent that enrolled with a console and holds a policy
+    bundle, without any console: an identity naming a freshly generated Ed25519 console key,
+    and a bundle signed by it that lets `tenant` use the models of `grades` (served name ->
+    grade) locally. The agent started on it with `--console <console_url>` requires a token on
+    every request and decides each by the bundle, as in production; `console_url` defaults to
+    a free loopback port where nothing listens (the console is down, which an agent tolerates).
+
+    Plain protocol calls (inference/protocol.py, inference/agent.py), no Django: the bundle is
+    what fleet/policy_plane.py would compile for one tenant with privacy `any`, fallback
+    `reject`, `best_effort`, a spend cap no run reaches, prices for every grade served locally
+    and regionally, and class thresholds with no thermal envelope and ceilings no run reaches.
+    """
+    from inference import protocol
+    from inference.agent import save_identity
+    from inference.bundle_store import BUNDLE_FILE
+
+    key = protocol.generate_private_key()
+    public_b64 = protocol.public_key_to_b64(key.public_key())
+    kid = protocol.key_id(key.public_key())
+    console_url = console_url or f"http://{LOOPBACK}:{free_port()}"
+    save_identity(
+        state_dir,
+        protocol.EnrollResponse(
+            node_uid=node_uid,
+            name="bench-agent",
+            region=region,
+            node_class=node_class,
+            credential=protocol.new_secret("opn"),
+            console_public_key=public_b64,
+            heartbeat_interval_s=protocol.DEFAULT_HEARTBEAT_INTERVAL_S,
+        ),
+    )
+    now = datetime.now(UTC)
+    used = sorted(set(grades.values()))
+    bundle = protocol.PolicyBundle(
+        revision=1,
+        issued_at=now,
+        expires_at=now + valid_for,
+        tenants=[
+            protocol.TenantRules(
+                slug=tenant,
+                privacy="any",
+                fallback="reject",
+                quality="best_effort",
+                max_spend_per_session="1000000",  # EUR: ~10^10 tiny inferences
+                currency="EUR",
+                on_budget_exhausted="alert",
+            )
+        ],
+        prices=[
+            protocol.PriceRow(grade=grade, serving=serving, currency="EUR", per_1000=price)
+            for grade in used
+            for serving, price in zip(("local", "regional"), BENCH_PRICES[grade], strict=True)
+        ],
+        thresholds=[
+            protocol.ClassThresholds(
+                node_class=node_class,
+                thermal_envelope_c=None,
+                cost_ceilings={grade: "1000" for grade in used},
+                hourly_cost="0.15",
+            )
+        ],
+        models=[protocol.ModelGrade(name=n, grade=g) for n, g in sorted(grades.items())],
+        trusted_keys=[public_b64],
+    )
+    signed = protocol.sign_bundle(key, bundle)
+    path = state_dir / BUNDLE_FILE
+    path.write_text(signed.model_dump_json())
+    path.chmod(0o600)
+    token = protocol.issue_token(
+        key,
+        protocol.TokenClaims(
+            tenant=tenant,
+            scopes=[protocol.SCOPE_INFER],
+            issued_at=now,
+            expires_at=now + valid_for,
+            token_id="bench-token-00000001",
+            key_id=kid,
+        ),
+    )
+    return EnrolledState(
+        state_dir=state_dir,
+        console_url=console_url,
+        node_uid=node_uid,
+        tenant=tenant,
+        session_id=session_id,
+        token=token,
+        key_id=kid,
+        bundle_revision=bundle.revision,
+    )
 
 
 # --- wrk ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What the policy plane costs: the per-request routing decision and the bundle it runs on.
 
-Two sections, each with a baseline measured in the same run (the machine is shared and noisy,
-so the ratios are what count):
+Three sections, each with a baseline measured in the same run (the machine is shared and
+noisy, so the ratios are what count):
 
 1. decision: `inference.policy.decide(view, state, request)` — the pure function a node runs
    on every request — over a bundle compiled by the real compiler (`fleet.bundles
@@ -25,10 +25,27 @@ so the ratios are what count):
    index it with `PolicyView` — repeated, medians reported, with the canonical JSON's size.
    Baseline: plain serialisation, `orjson.dumps(bundle.model_dump(mode="json"))`.
 
+3. convergence: how long 20 agents take to enforce a new revision. A throwaway console (a temp
+   directory with its own SQLite database and VAR_DIR, `manage.py runserver`, heartbeats every
+   second, no Celery worker: the bench delivers) and 20 agents on loopback, each enrolled with
+   a one-time token and serving one tiny model. For each new revision (a tenant's policy
+   changed with `fleet.policies.update_policy`, then `fleet.policy_plane.publish_bundle`),
+   in turn: push - `push_bundle` to every node from a 20-thread pool right after the publish;
+   push with a reused client - the same POST from one `httpx.Client` made once (not the
+   console's code: `push_bundle` calls `httpx.post`, which builds a client, ~50 ms of TLS
+   context and CA bundle, per push; this row says what that costs); pull only - no push, each
+   node fetches it after the heartbeat answer that names it. Timed from publish_bundle's
+   return until every agent's `/metrics` shows the revision (`outpost_policy_bundle_revision`).
+   Baseline: one round of `GET /v2/health/live` to the 20 agents from the same pool, the
+   floor of reaching them all. Targets: every node within 5 s by pull and within 2 s by push
+   (`push_bundle`). `--no-convergence` skips it (a quick run of the others).
+   Every process it starts is stopped on the way out, also on errors, Ctrl-C and SIGTERM.
+
 The sections are a list (`SECTIONS`): a further measurement is one more function appended to
 it, returning a `Section`; `main()` prints its table and targets and writes it into the JSON.
 
 Run: .venv/bin/python bench/policy.py [--quick] [--duration S] [--repeats N] [--tenants N]
+         [--no-convergence] [--agents N] [--revisions N]
 Writes bench/results/policy.json. Exit 0 even when a target is missed; non-zero when something
 failed to run.
 """
@@ -36,11 +53,16 @@ failed to run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -50,18 +72,26 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 import orjson
 
 from bench.common import (
+    LOOPBACK,
+    REPO_ROOT,
     RESULTS_DIR,
     BenchError,
+    ServerProcess,
     base_parser,
+    free_port,
+    http_request,
     log,
     machine_info,
     median,
+    metric_value,
     percentile,
     print_table,
     resolve_timing,
+    stop_all,
     write_json,
 )
 from fleet.bundles import Inputs, PoolMember, RegionSpec, compile_bundle
@@ -674,11 +704,429 @@ def measure_bundle(args: argparse.Namespace) -> Section:
     )
 
 
+# --- section 3: a fleet converging on a new revision -------------------------------------------
+
+CONVERGENCE_AGENTS = 20
+HEARTBEAT_S = 1
+PULL_TARGET_S = 5.0
+PUSH_TARGET_S = 2.0
+# Starting 20 agents at once on 2 cores makes each take far longer; a short gap spreads the
+# imports and model loads.
+STAGGER_S = 0.3
+# How often a waiting agent's /metrics is read: the resolution of the pull times. A push is
+# confirmed by reading /metrics right after the node acknowledged it (the node activates a
+# pushed bundle before it answers), so push times do not wait for a poll.
+POLL_S = 0.05
+BASELINE_ROUNDS = 3
+# The delivery modes, interleaved revision by revision:
+# - push: the console's fleet.policy_plane.push_bundle to every node from the pool;
+# - push-reused-client: the same POST from one httpx.Client made once (not the console's code:
+#   push_bundle's httpx.post makes a client, ~50 ms of TLS context and CA bundle, per push, and
+#   20 of them in one process queue for the GIL - this says what a push costs without that);
+# - pull: no push; each node fetches the bundle after the heartbeat answer that names it.
+PUSH_MODES = ("push", "push-reused-client", "pull")
+
+
+def console_env(work: Path) -> dict[str, str]:
+    """A throwaway console: its own SQLite file and VAR_DIR (where the development signing key
+    is generated), no broker server (Celery's in-memory transport: what the console enqueues
+    is never run, so the only pushes are the bench's own), heartbeats every second."""
+    return {
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "OUTPOST_VAR_DIR": str(work / "var"),
+        "DATABASE_URL": f"sqlite:///{work / 'console.sqlite3'}",
+        "CELERY_BROKER_URL": "memory://",
+        "OUTPOST_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
+        "OUTPOST_LOG_LEVEL": "WARNING",
+    }
+
+
+def enforced_revision(agent: ServerProcess) -> int | None:
+    """The revision the agent enforces, as its /metrics say (None: none, or no answer)."""
+    try:
+        resp = http_request("GET", agent.url("/metrics"), timeout=5)
+    except OSError:
+        return None
+    value = metric_value(resp.body.decode(), "outpost_policy_bundle_revision")
+    return None if value is None else int(value)
+
+
+def heartbeats_sent(agent: ServerProcess) -> float:
+    """Heartbeats the agent's console took so far (its /metrics)."""
+    resp = http_request("GET", agent.url("/metrics"), timeout=5)
+    value = metric_value(resp.body.decode(), "outpost_console_heartbeats_total", outcome="success")
+    return value or 0.0
+
+
+def wait_for_revision(
+    agent: ServerProcess, revision: int, started: float, stop: threading.Event, timeout: float
+) -> float:
+    """Seconds from `started` until the agent's /metrics show `revision` (or a newer one)."""
+    while not stop.is_set():
+        current = enforced_revision(agent)
+        if current is not None and current >= revision:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise BenchError(
+                f"{agent.name} did not enforce revision {revision} within {timeout:.0f} s "
+                f"(it enforces {current}); log tail:\n{agent.log_tail()}"
+            )
+        time.sleep(POLL_S)
+    raise BenchError("stopped")
+
+
+def client_creation_ms(samples: int = 5) -> float:
+    """What `httpx.post` pays before it sends anything: a new client (TLS context, CA bundle)."""
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        httpx.Client().close()
+        times.append((time.perf_counter() - t0) * 1000)
+    return median(times)
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "samples": len(ordered),
+        "median_s": median(ordered),
+        "p90_s": percentile(ordered, 90),
+        "max_s": ordered[-1] if ordered else float("nan"),
+    }
+
+
+def measure_convergence(args: argparse.Namespace) -> Section | None:
+    """Start a console and `args.agents` enrolled agents, then publish new revisions and time
+    how long the fleet takes to enforce each: pushed, and pulled from the heartbeat answer."""
+    if args.no_convergence:
+        log("convergence: skipped (--no-convergence)")
+        return None
+    # A TERM (from a supervisor, or `make` being stopped) unwinds like Ctrl-C, so the agents
+    # and the console are stopped on the way out.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with tempfile.TemporaryDirectory(prefix="outpost-converge-") as tmp:
+            return _converge(args, Path(tmp))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _converge(args: argparse.Namespace, work: Path) -> Section:
+    env = console_env(work)
+    os.environ.update(env)  # before django.setup(): the settings read the environment
+    import django
+
+    django.setup()
+    count = args.agents
+    log(f"convergence: a console and {count} agents (heartbeat {HEARTBEAT_S} s) in {work}")
+    try:
+        return _run_fleet(args, work, env, count)
+    finally:
+        from django.db import connections
+
+        connections.close_all()  # the database file goes with the temp directory
+
+
+def _run_fleet(args: argparse.Namespace, work: Path, env: dict[str, str], count: int) -> Section:
+    import onnx
+    from django.core.management import call_command
+
+    from billing.models import Tenant
+    from billing.signing import console_private_key
+    from fleet.models import EnrollmentToken, Node, NodeClass, Region
+    from fleet.policies import update_policy
+    from fleet.policy_plane import PUSH_TIMEOUT_S, publish_bundle, push_bundle
+    from inference.demo_models import tiny_classifier
+    from inference.protocol import BUNDLE_PUSH_PATH
+
+    call_command("migrate", interactive=False, verbosity=0)
+    console_private_key()  # generated here, before the console process could race for it
+    region = Region.objects.create(
+        code="bench", name="Bench", jurisdiction="DE", residency_zone="EU"
+    )
+    node_class = NodeClass.objects.create(
+        name="standard",
+        capex=5000,
+        amortisation_months=48,
+        idle_watts=90,
+        peak_watts=350,
+        energy_price_per_kwh="0.25",
+        expected_utilisation="0.5",
+        memory_bytes=64 * 2**30,
+    )
+    tenant = Tenant.objects.create(slug="bench", name="Bench")
+    first = publish_bundle(["bench: first bundle"])
+    if first is None:
+        raise BenchError("the console published no first bundle (see BundleCompileFailure)")
+    models = work / "models"
+    models.mkdir()
+    onnx.save(tiny_classifier(), models / "tiny-classifier.onnx")
+
+    port = free_port()
+    console = ServerProcess(
+        "console",
+        [sys.executable, "manage.py", "runserver", "--noreload", f"{LOOPBACK}:{port}"],
+        port=port,
+        log_dir=work,
+        ready_path="/api/v1/openapi.json",
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    agents: list[ServerProcess] = []
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(console)
+        stack.callback(stop_all, agents)  # filled below; stopped first (last in, first out)
+        stack.callback(stop.set)
+        for index in range(count):
+            name = f"conv-{index:02d}"
+            _, secret = EnrollmentToken.issue(node_name=name, region=region, node_class=node_class)
+            agent_port = free_port()
+            agent = ServerProcess(
+                name,
+                [sys.executable, "-m", "inference", "serve", "--models", str(models),
+                 "--port", str(agent_port), "--state-dir", str(work / f"n{index}"),
+                 "--console", console.base_url, "--enroll", secret],
+                port=agent_port,
+                log_dir=work,
+            )  # fmt: skip
+            agents.append(agent)
+            agent.start()
+            time.sleep(STAGGER_S)
+        started = time.monotonic()
+        for agent in agents:  # ready = enrolled, model loaded, and a bundle enforced
+            agent.wait_ready(timeout=180)
+        names = [a.name for a in agents]
+        deadline = time.monotonic() + 60
+        while Node.objects.filter(name__in=names, bundle_revision=first.revision).count() < count:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the console never heard all {count} agents report a bundle")
+            time.sleep(0.1)
+        log(f"convergence: {count} agents online on revision {first.revision} "
+            f"after {time.monotonic() - started:.1f}s")  # fmt: skip
+        nodes = {n.name: n for n in Node.objects.filter(name__in=names)}
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=count))
+        stack.callback(stop.set)  # runs before the pool's shutdown waits for its threads
+        # Not the console's code: the same POST as push_bundle, from one client made once
+        # (push_bundle calls httpx.post, which builds a client - TLS context, CA bundle - per
+        # push). What a push costs without that; see PUSH_MODES.
+        shared = stack.enter_context(httpx.Client(timeout=PUSH_TIMEOUT_S))
+
+        def baseline_round() -> float:
+            t0 = time.monotonic()
+            answers = list(
+                pool.map(lambda a: http_request("GET", a.url("/v2/health/live")), agents)
+            )
+            elapsed = time.monotonic() - t0
+            if any(r.status != 200 for r in answers):
+                raise BenchError("an agent is not live")
+            return elapsed
+
+        def push_and_confirm(
+            agent: ServerProcess, record: Any, t0: float, reused: bool
+        ) -> tuple[float, float]:
+            node = nodes[agent.name]
+            try:
+                if reused:
+                    response = shared.post(
+                        node.endpoint.rstrip("/") + BUNDLE_PUSH_PATH,
+                        content=record.signed.encode(),
+                        headers={"Content-Type": "application/json"},
+                    )
+                    accepted = response.status_code == 200
+                else:
+                    accepted = push_bundle(node, record)
+            except Exception as exc:  # PushFailed: unreachable, or a server error
+                raise BenchError(
+                    f"pushing revision {record.revision} to {agent.name}: {exc}"
+                ) from exc
+            acked = time.monotonic() - t0
+            if not accepted:
+                raise BenchError(f"{agent.name} refused revision {record.revision}")
+            return acked, wait_for_revision(agent, record.revision, t0, stop, timeout=30)
+
+        rng = random.Random(args.seed + 2)
+        modes = list(PUSH_MODES) * args.revisions
+        rounds: list[dict[str, Any]] = []
+        baseline: list[float] = []
+        # The real heartbeat period: the agent sleeps the interval after each heartbeat's
+        # answer (and bundle fetch), so it is the interval plus the console's answer time.
+        beats_at, beats = time.monotonic(), [heartbeats_sent(a) for a in agents]
+        for number, mode in enumerate(modes, start=1):
+            baseline += [baseline_round() for _ in range(BASELINE_ROUNDS)]
+            # Publish at a random phase of the agents' heartbeats, not right after one.
+            time.sleep(rng.uniform(0, HEARTBEAT_S))
+            spend = f"{10 + number}.00"
+            update_policy(
+                tenant, {"max_spend_per_session": spend}, actor=None, actor_kind="operator"
+            )
+            t_publish = time.monotonic()
+            record = publish_bundle([f"bench: {mode} round {number}"])
+            t0 = time.monotonic()
+            if record is None:
+                raise BenchError(f"round {number}: the policy change published no revision")
+            if mode != "pull":
+                reused = mode == "push-reused-client"
+                futures = [pool.submit(push_and_confirm, a, record, t0, reused) for a in agents]
+                results = [f.result() for f in futures]
+                acks = [a for a, _ in results]
+                seen = [s for _, s in results]
+            else:
+                futures = [
+                    pool.submit(wait_for_revision, a, record.revision, t0, stop, 30) for a in agents
+                ]
+                seen = [f.result() for f in futures]
+                acks = []
+            deadline = t0 + 30
+            while (
+                Node.objects.filter(name__in=names, bundle_revision=record.revision).count() < count
+            ):
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"the console never heard every node enforce {record.revision}"
+                    )
+                time.sleep(0.02)
+            confirmed = time.monotonic() - t0
+            rounds.append({
+                "mode": mode, "revision": record.revision, "publish_s": t0 - t_publish,
+                "all_s": max(seen), "median_node_s": median(seen), "per_node_s": seen,
+                "all_acked_s": max(acks) if acks else None, "console_confirmed_s": confirmed,
+                "bundle_bytes": record.size_bytes,
+            })  # fmt: skip
+            log(f"  round {number} ({mode}): revision {record.revision} on all {count} agents "
+                f"in {max(seen):.3f}s (median node {median(seen):.3f}s)")  # fmt: skip
+        after = [heartbeats_sent(a) for a in agents]
+        elapsed = time.monotonic() - beats_at
+        periods = [elapsed / (n - b) for b, n in zip(beats, after, strict=True) if n > b]
+
+    return _convergence_section(args, rounds, baseline, count, periods)
+
+
+def _convergence_section(
+    args: argparse.Namespace,
+    rounds: list[dict[str, Any]],
+    baseline: list[float],
+    count: int,
+    periods: list[float],
+) -> Section:
+    push = [r for r in rounds if r["mode"] == "push"]
+    reused = [r for r in rounds if r["mode"] == "push-reused-client"]
+    pull = [r for r in rounds if r["mode"] == "pull"]
+    base = spread(baseline)
+    stats = {
+        "baseline": base,
+        "push_all": spread([r["all_s"] for r in push]),
+        "push_acked_all": spread([r["all_acked_s"] for r in push]),
+        "push_per_node": spread([t for r in push for t in r["per_node_s"]]),
+        "push_console_confirmed": spread([r["console_confirmed_s"] for r in push]),
+        "reused_all": spread([r["all_s"] for r in reused]),
+        "reused_per_node": spread([t for r in reused for t in r["per_node_s"]]),
+        "pull_all": spread([r["all_s"] for r in pull]),
+        "pull_per_node": spread([t for r in pull for t in r["per_node_s"]]),
+        "pull_console_confirmed": spread([r["console_confirmed_s"] for r in pull]),
+        "publish": spread([r["publish_s"] for r in rounds]),
+        "heartbeat_period": spread(periods),
+    }
+    labels = [
+        ("baseline", f"baseline: GET /v2/health/live to all {count} (one round)"),
+        ("push_all", f"push: all {count} enforce it (/metrics)"),
+        ("push_acked_all", f"push: all {count} acknowledged the POST"),
+        ("push_per_node", "push: one node"),
+        ("push_console_confirmed", "push: console heard all (heartbeats)"),
+        ("reused_all", f"push, one reused client: all {count} enforce it"),
+        ("reused_per_node", "push, one reused client: one node"),
+        ("pull_all", f"pull only: all {count} enforce it (/metrics)"),
+        ("pull_per_node", "pull only: one node"),
+        ("pull_console_confirmed", "pull only: console heard all (heartbeats)"),
+        ("publish", "publish_bundle (compile, sign, store)"),
+        ("heartbeat_period", f"heartbeat period per agent (interval {HEARTBEAT_S} s)"),
+    ]
+    rows = [
+        {
+            "what": label,
+            **stats[key],
+            # The heartbeat period explains the pull times; it is not a delivery to compare.
+            "ratio": None
+            if key == "heartbeat_period"
+            else stats[key]["median_s"] / base["median_s"],
+        }
+        for key, label in labels
+    ]
+    ratio = stats["push_all"]["median_s"] / base["median_s"]
+    return Section(
+        name="convergence",
+        title=(
+            f"convergence: {count} agents enrolled with a real console (runserver, SQLite), "
+            f"heartbeat {HEARTBEAT_S} s; {len(push)} revisions per mode (push_bundle; the same "
+            "POST from one reused httpx client; pull only), interleaved; seconds from "
+            "publish_bundle's return to every agent's /metrics "
+            f"showing the revision (polled every {POLL_S * 1000:.0f} ms when pulled); "
+            "÷ baseline = median ÷ the baseline's median"
+        ),
+        columns=[
+            ("what", "measurement", ""),
+            ("samples", "n", ""),
+            ("median_s", "median s", ".3f"),
+            ("p90_s", "p90 s", ".3f"),
+            ("max_s", "max s", ".3f"),
+            ("ratio", "÷ baseline", ".1f"),
+        ],
+        rows=rows,
+        targets=[
+            target(
+                f"every one of {count} nodes within 5 s by pull (worst revision)",
+                stats["pull_all"]["max_s"],
+                PULL_TARGET_S,
+                "s",
+            ),
+            target(
+                f"every one of {count} nodes within 2 s by push (worst revision)",
+                stats["push_all"]["max_s"],
+                PUSH_TARGET_S,
+                "s",
+            ),
+        ],
+        data={
+            "agents": count,
+            "heartbeat_interval_s": HEARTBEAT_S,
+            "revisions_per_mode": args.revisions,
+            "poll_interval_s": POLL_S,
+            "baseline": f"one round of GET /v2/health/live to all {count} agents from the same "
+            f"{count}-thread pool ({BASELINE_ROUNDS} rounds before each revision)",
+            "timing": "from publish_bundle's return; push: push_bundle to every node from the "
+            "pool, then its /metrics read; pull: no push, /metrics polled until the heartbeat "
+            "answer's revision was fetched; the publish is at a random phase of the heartbeats",
+            "ratio_push_all_over_baseline": ratio,
+            "ratio_push_reused_client_all_over_baseline": stats["reused_all"]["median_s"]
+            / base["median_s"],
+            "modes": {
+                "push": "fleet.policy_plane.push_bundle(node, record), all nodes at once",
+                "push-reused-client": "the same POST from one httpx.Client made once (not the "
+                "console's code; push_bundle makes a client per push)",
+                "pull": "no push: fetched after the heartbeat answer naming the revision",
+            },
+            "httpx_client_creation_ms": client_creation_ms(),
+            "ratio_pull_all_over_baseline": stats["pull_all"]["median_s"] / base["median_s"],
+            "stats_s": stats,
+            "baseline_rounds_s": baseline,
+            "rounds": rounds,
+        },
+    )
+
+
 # --- the run ------------------------------------------------------------------------------------
 
-# Each section is a function of the parsed arguments returning a Section; main() runs them in
-# order. A new measurement is appended here.
-SECTIONS: list[Callable[[argparse.Namespace], Section]] = [measure_decision, measure_bundle]
+# Each section is a function of the parsed arguments returning a Section (None: skipped);
+# main() runs them in order. A new measurement is appended here.
+SECTIONS: list[Callable[[argparse.Namespace], Section | None]] = [
+    measure_decision,
+    measure_bundle,
+    measure_convergence,
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -699,12 +1147,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"tenants in the compiled bundle (default {COMPILE_TENANTS}; the target is for it)",
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed of the generated fleet")
+    parser.add_argument(
+        "--no-convergence",
+        action="store_true",
+        help="skip the convergence section (a console and 20 agents; about a minute)",
+    )
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=CONVERGENCE_AGENTS,
+        help=f"agents in the convergence section (default {CONVERGENCE_AGENTS}; the targets "
+        "are for it)",
+    )
+    parser.add_argument(
+        "--revisions",
+        type=int,
+        default=None,
+        help="new revisions per delivery mode (push, pull) in the convergence section "
+        "(default 6; 2 with --quick)",
+    )
     args = parser.parse_args(argv)
     resolve_timing(args)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
+    if args.revisions is None:
+        args.revisions = 2 if args.quick else 6
     if args.repeats < 1 or args.tenants < 200 or args.compile_tenants < 1:
         parser.error("--repeats must be >= 1, --tenants >= 200, --compile-tenants >= 1")
+    if args.agents < 1 or args.revisions < 1:
+        parser.error("--agents and --revisions must be >= 1")
     return args
 
 
@@ -740,12 +1211,17 @@ def main(argv: list[str] | None = None) -> int:
             "compile_tenants": args.compile_tenants,
             "seed": args.seed,
             "mix_size": MIX_SIZE,
+            "convergence": not args.no_convergence,
+            "agents": args.agents,
+            "revisions_per_mode": args.revisions,
         },
         "targets": {
             "decision_median_us_below": OPA_REFERENCE_US,
             "decision_median_reference": "OPA, 45 µs per policy evaluation (published figure)",
             "decision_p99_us_below": DECISION_P99_TARGET_US,
             "compile_sign_s_below": COMPILE_SIGN_TARGET_S,
+            "convergence_pull_all_s_below": PULL_TARGET_S,
+            "convergence_push_all_s_below": PUSH_TARGET_S,
         },
         "sections": {},
         "results": [],
@@ -755,6 +1231,8 @@ def main(argv: list[str] | None = None) -> int:
         sections = []
         for measure in SECTIONS:
             section = measure(args)
+            if section is None:
+                continue
             sections.append(section)
             result["sections"][section.name] = section.data
             result["results"] += section.targets

@@ -81,11 +81,14 @@ def run_phase(count: int, width: int, work: Path, console: ServerProcess) -> dic
 
     from fleet.actions import grade_version, register_model_version
     from fleet.models import EnrollmentToken, Node, NodeClass, Region
+    from fleet.policy_plane import publish_bundle
     from fleet.rollout_actions import promote, start_rollout
     from inference.demo_models import random_mlp_medium
 
     region = Region.objects.get(code="bench")
     node_class = NodeClass.objects.get(name="standard")
+    # Enrolled agents are ready once they hold a policy bundle: one exists before they start.
+    publish_bundle(["bench"])
     agents: list[ServerProcess] = []
     names = []
     try:

@@ -19,6 +19,7 @@ import hashlib
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
 import httpx
 from django.conf import settings
@@ -33,6 +34,7 @@ from fleet.choices import NodeStatus, VersionStatus
 from fleet.models import (
     AcceleratorPool,
     BundleCompileFailure,
+    BundleRequest,
     DecisionLog,
     ModelVersion,
     Node,
@@ -54,6 +56,9 @@ from inference.protocol import (
 log = logging.getLogger(__name__)
 
 PUSH_TIMEOUT_S = 3.0
+# What beat's compile gives as its reason (console/settings.py): it says nothing when changes
+# recorded their own reasons.
+PERIODIC_CHECK = "periodic check"
 
 
 # --- reading the inputs ------------------------------------------------------------------------
@@ -178,12 +183,17 @@ def publish_bundle(
     the next revision and push it to the nodes after the commit. Returns the new record, or
     None when nothing needed publishing or the compiler refused (a BundleCompileFailure row
     then says why, and nodes keep the revision they have)."""
-    reasons = list(reasons or ["compiled by hand"])
     now = now or timezone.now()
+    # The requests recorded so far, read before the inputs: every change they name is in
+    # what is compiled next (fleet.signals writes them with their change).
+    requests = list(BundleRequest.objects.order_by("pk").values_list("pk", "reason"))
+    given = [r for r in reasons or [] if not (requests and r == PERIODIC_CHECK)]
+    reasons = _unique([*given, *(reason for _, reason in requests)]) or ["compiled by hand"]
+    consumed = requests[-1][0] if requests else None
     inputs = gather_inputs(now)
     for attempt in range(2):
         try:
-            return _publish(inputs, reasons, now, force)
+            return _publish(inputs, reasons, now, force, consumed)
         except IntegrityError:
             # Two publishers took the same next revision (only possible for the very first
             # one, when there is no row to lock): the loser compiles again after the winner.
@@ -193,9 +203,16 @@ def publish_bundle(
 
 
 def _publish(
-    inputs: bundles.Inputs, reasons: list[str], now: datetime, force: bool
+    inputs: bundles.Inputs,
+    reasons: list[str],
+    now: datetime,
+    force: bool,
+    consumed: int | None,
 ) -> PolicyBundleRecord | None:
     with transaction.atomic():
+        if consumed is not None:
+            # Whatever comes of this compile, these reasons are answered by it.
+            BundleRequest.objects.filter(pk__lte=consumed).delete()
         latest = PolicyBundleRecord.objects.select_for_update().order_by("-revision").first()
         revision = latest.revision + 1 if latest is not None else 1
         try:
@@ -211,7 +228,7 @@ def _publish(
             half_life = (latest.expires_at - latest.issued_at) / 2
             if now < latest.issued_at + half_life:
                 return None
-            reasons = ["reissued before expiry", *[r for r in reasons if r != "periodic check"]]
+            reasons = ["reissued before expiry"]
         signed = protocol.sign_bundle(console_private_key(), bundle)
         text = signed.model_dump_json()
         if latest is None:
@@ -227,7 +244,7 @@ def _publish(
             content_digest=digest,
             size_bytes=len(text.encode()),
             tenant_count=len(bundle.tenants),
-            reasons=_unique(reasons)[:20],
+            reasons=reasons[:20],
             changes=changes[:500],
             warnings=bundles.bundle_warnings(bundle),
             created_at=now,
@@ -260,6 +277,13 @@ def push_bundle_to_nodes(revision: int) -> int:
     return len(node_ids)
 
 
+@cache
+def node_client() -> httpx.Client:
+    """One HTTP client per process for the console's calls to nodes: building one costs
+    ~60 ms (its TLS context), far more than a push (bench/policy.py measured both)."""
+    return httpx.Client(timeout=PUSH_TIMEOUT_S)
+
+
 class PushFailed(Exception):
     """The node could not be reached or answered with a server error: worth a retry."""
 
@@ -270,7 +294,7 @@ def push_bundle(node: Node, record: PolicyBundleRecord) -> bool:
     could not be reached or failed, so that the task retries."""
     url = node.endpoint.rstrip("/") + protocol.BUNDLE_PUSH_PATH
     try:
-        response = httpx.post(
+        response = node_client().post(
             url,
             content=record.signed.encode(),
             headers={"Content-Type": "application/json"},

@@ -27,6 +27,7 @@ from fleet.models import (
     Region,
     TenantPin,
 )
+from fleet.policy_plane import node_client
 from fleet.tasks import push_desired_task
 from inference import protocol
 from inference.protocol import ARTIFACT_PATH, DesiredPush, DesiredVersion
@@ -380,7 +381,7 @@ def push_desired(node: Node) -> bool:
     body = protocol.canonical_json(push.model_dump(mode="json"))
     signature = protocol.sign(console_private_key(), body)
     try:
-        response = httpx.post(
+        response = node_client().post(
             node.endpoint.rstrip("/") + protocol.DESIRED_PUSH_PATH,
             content=body,
             headers={"Content-Type": "application/json", protocol.SIGNATURE_HEADER: signature},

@@ -15,13 +15,23 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from billing.models import IssuedToken, Price, Tenant
-from fleet.models import AcceleratorPool, ModelVersion, NodeClass, Region, TenantPolicy
+from fleet.models import (
+    AcceleratorPool,
+    BundleRequest,
+    ModelVersion,
+    NodeClass,
+    Region,
+    TenantPolicy,
+)
 
 
 def request_publish(reason: str) -> None:
+    """Record why a compile is needed, with the change (same transaction), and ask Celery for
+    one once it commits; the compile takes every reason recorded before it."""
     from fleet.tasks import publish_bundle_task
 
-    transaction.on_commit(lambda: publish_bundle_task.delay([reason]))
+    BundleRequest.objects.create(reason=reason[:200])
+    transaction.on_commit(lambda: publish_bundle_task.delay([]))
 
 
 @receiver(post_save, sender=TenantPolicy)

@@ -20,7 +20,9 @@ that bills it — this node records the forward as telemetry only.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -76,13 +78,15 @@ class Admission:
     currency: str | None = None
     reservation: object | None = None
     sensitive: frozenset[str] = frozenset()
+    queue_depth: int | None = None
+    # The X-Outpost-Cost value, when the request has a price (PolicyGate.cost_header).
+    cost: bytes | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """X-Outpost-Cost and X-Request-Id for the answer (served-by is added by the caller)."""
         headers = [(b"x-request-id", self.request_id.encode())]
-        price = self.decision.price
-        if price is not None and self.currency is not None:
-            headers.append((b"x-outpost-cost", f"{_plain(price)} {self.currency}".encode()))
+        if self.cost is not None:
+            headers.append((b"x-outpost-cost", self.cost))
         if self.decision.action == "offload":
             headers.append((b"x-outpost-offload-reason", self.decision.rule.encode()))
         return headers
@@ -133,6 +137,12 @@ class PolicyGate:
         self.thermometer = SimulatedThermometer()
         self.temperature_c: float | None = None
         self.temperature_simulated = False
+        # Request ids for requests that bring none: unique per process start, and cheap (a
+        # counter, not a random draw per request).
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+        # A price's header text, by price: formatting a Decimal costs more than the lookup.
+        self._cost_text: dict[tuple[Decimal, str], bytes] = {}
         # Model name -> {grade: cost per 1,000 here}, refreshed by the ticker.
         self.model_costs: dict[str, dict[str, Decimal]] = {}
         self._empty_costs: dict[str, Decimal] = {}
@@ -199,7 +209,7 @@ class PolicyGate:
             elif key == FORWARDED_BY:
                 forwarded = True
         if request_id is None:
-            request_id = secrets.token_hex(8)
+            request_id = f"{self._id_prefix}-{next(self._ids):x}"
         now = self.clock()
         admission = Admission(_NO_DECISION, request_id, tenant, model, session, forwarded, now)
         view = self.bundles.view
@@ -223,16 +233,17 @@ class PolicyGate:
         rules = view.tenants.get(tenant) if tenant is not None else None
         if rules is not None:
             admission.currency = rules.currency
-            admission.sensitive = frozenset(rules.sensitive_fields)
+            admission.sensitive = view.sensitive[tenant]
             if not forwarded and rules.rate_limit_per_s is not None:
                 wait = self.limiter.check(tenant, rules.rate_limit_per_s)
                 if wait is not None:
-                    admission.decision = _refusal(
+                    admission.decision = Decision(
+                        "refuse",
                         429,
                         "rate_limit",
-                        f"{tenant} may send {rules.rate_limit_per_s} "
-                        "requests per second to this node; slow down",
-                        retry=True,
+                        f"{tenant} may send {rules.rate_limit_per_s} requests per second to "
+                        "this node; slow down",
+                        retry_after_s=max(1, math.ceil(wait)),
                     )
                     return admission
         grade = view.grades.get(model, DEFAULT_GRADE)
@@ -241,12 +252,13 @@ class PolicyGate:
             if session is not None and tenant is not None
             else Decimal(0)
         )
+        admission.queue_depth = depth = self.queue_depth()
         state = NodeState(
             region=self.region,
             node_class=self.node_class or "",
             temperature_c=self.temperature_c,
             temperature_slope=self.trend.slope(),
-            queue_depth=self.queue_depth(),
+            queue_depth=depth,
             queue_limit=self.queue_limit,
             cost_per_1000=self.model_costs.get(model, self._empty_costs),
             bundle_age_s=self.bundles.age_s(now),
@@ -263,10 +275,23 @@ class PolicyGate:
             ),
         )
         admission.decision = decision
-        if decision.action != "refuse" and decision.price is not None and tenant is not None:
-            if session is not None:
-                admission.reservation = self.ledger.reserve(tenant, session, decision.price)
+        price = decision.price
+        if decision.action == "refuse" or price is None:
+            return admission  # a refusal costs nothing, and says its price in its reason
+        if admission.currency is not None:
+            admission.cost = self._cost(price, admission.currency)
+        if session is not None and tenant is not None:
+            admission.reservation = self.ledger.reserve(tenant, session, price)
         return admission
+
+    def _cost(self, price: Decimal, currency: str) -> bytes:
+        key = (price, currency)
+        text = self._cost_text.get(key)
+        if text is None:
+            if len(self._cost_text) > 1024:  # prices change with bundles: keep it small
+                self._cost_text.clear()
+            text = self._cost_text[key] = f"{_plain(price)} {currency}".encode()
+        return text
 
     def settle(self, admission: Admission, status: int, *, target: str | None = None) -> None:
         """The answer is known: charge the session's reservation if it was served, release it
@@ -299,7 +324,7 @@ class PolicyGate:
             price=_plain(decision.price) if decision.price is not None else None,
             currency=admission.currency if decision.price is not None else None,
             temperature_c=self.temperature_c,
-            queue_depth=self.queue_depth(),
+            queue_depth=admission.queue_depth,
         )
 
     # --- offload ----------------------------------------------------------------------------

@@ -144,16 +144,19 @@ def tell(console_url: str, say: Callable[[str], None], *, cycles: int | None = N
         actor_kind=PolicyActorKind.OPERATOR,
     )
     revision = _wait("the change to be compiled", lambda: _newer(revision), every=0.2)
+    nodes = list(Node.objects.all())
     _wait(
         f"every node enforcing bundle {revision}",
-        lambda: _enforced_everywhere(revision),
-        every=0.2,
+        lambda: all(_enforcing(node) >= revision for node in nodes),
+        every=0.1,
     )
+    enforced_s = time.monotonic() - started
+    _wait(f"every node reporting bundle {revision}", lambda: _enforced_everywhere(revision))
     say(
         f"operator caps {CAPPED}'s spend at {CAP} {capped.currency} a session (policy "
-        f"r{policy.revision}): "
-        f"bundle r{revision} enforced by all {Node.objects.count()} nodes "
-        f"{time.monotonic() - started:.1f} s after the change — /fleet/bundles/{revision}/"
+        f"r{policy.revision}): bundle r{revision} is enforced by all {len(nodes)} nodes "
+        f"{enforced_s:.1f} s after the change (pushed by Celery), and each has reported it "
+        f"{time.monotonic() - started:.1f} s after — /fleet/bundles/{revision}/"
     )
 
     # 3. A session hits its cap.
@@ -175,7 +178,9 @@ def tell(console_url: str, say: Callable[[str], None], *, cycles: int | None = N
     else:
         say(f"{CAPPED}'s session never reached its cap (is there a price for {MODEL}?)")
 
-    # 4. Privacy: never forwarded, against offloaded.
+    # 4. Privacy: never forwarded, against offloaded. The node must know the model exists in
+    # the region (the bundle grades it once the worker has graded it).
+    _wait(f"{FAR_MODEL} to be graded into the bundle {HOT_NODE} enforces", lambda: _knows(hot))
     far = _body(hot, FAR_MODEL)
     hermit = Caller(console_url, Tenant.objects.get(slug=LOCAL_ONLY))
     refused = hermit.infer(hot, FAR_MODEL, far)
@@ -199,6 +204,25 @@ def tell(console_url: str, say: Callable[[str], None], *, cycles: int | None = N
         if cycles is not None and cycle >= cycles:
             break
         time.sleep(CYCLE_S)
+
+
+def _enforcing(node: Node) -> int:
+    """The bundle revision the node enforces, from its own /metrics (0 when unknown)."""
+    prefix = "outpost_policy_bundle_revision "
+    try:
+        text = httpx.get(f"{node.endpoint}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return int(float(line[len(prefix) :]))
+    return 0
+
+
+def _knows(node: Node) -> bool:
+    enforced = _enforcing(node)
+    record = PolicyBundleRecord.objects.filter(revision=enforced).first()
+    return record is not None and any(m.name == FAR_MODEL for m in record.bundle.models)
 
 
 def _newer(revision: int) -> int | None:

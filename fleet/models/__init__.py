@@ -3,7 +3,12 @@ deployments (rollouts.py), drift telemetry (drift.py), per-tenant pins (pins.py)
 policies, accelerator pools and their histories (policies.py), signed policy bundles and the
 decisions nodes report (bundles.py)."""
 
-from fleet.models.bundles import BundleCompileFailure, DecisionLog, PolicyBundleRecord
+from fleet.models.bundles import (
+    BundleCompileFailure,
+    BundleRequest,
+    DecisionLog,
+    PolicyBundleRecord,
+)
 from fleet.models.drift import DriftAlert, DriftWindow
 from fleet.models.nodes import (
     EnrollmentToken,
@@ -27,6 +32,7 @@ from fleet.models.rollouts import Deployment, DeploymentEvent
 __all__ = [
     "AcceleratorPool",
     "BundleCompileFailure",
+    "BundleRequest",
     "DecisionLog",
     "Deployment",
     "DeploymentEvent",

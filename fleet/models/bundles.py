@@ -57,6 +57,21 @@ class PolicyBundleRecord(models.Model):
         return self.signed_bundle.bundle
 
 
+class BundleRequest(models.Model):
+    """Why a compile was asked for: written by fleet.signals in the same transaction as the
+    change it names, and consumed by the next compile (fleet.policy_plane.publish_bundle), so
+    a revision's reasons are the changes it includes, whichever Celery task compiled it."""
+
+    at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class BundleCompileFailure(models.Model):
     """A compile the compiler refused (fleet.bundles.CompileError): nothing was signed, nodes
     keep the previous revision, and the operators' bundle page shows the rules broken."""

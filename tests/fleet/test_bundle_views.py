@@ -181,7 +181,7 @@ def test_publish_now_signs_the_next_revision_when_the_policy_changed(
 
     assert "Revision 3 published" in text(response)
     record = PolicyBundleRecord.objects.get(revision=3)
-    assert record.reasons == ["published by alice"]
+    assert record.reasons == ["published by alice", "policy of acme changed"]
     assert "tenant acme: privacy any → in_region" in record.changes
 
 

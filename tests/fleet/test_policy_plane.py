@@ -67,7 +67,11 @@ def test_the_first_bundle_carries_every_tenant_pool_price_and_threshold_signed(
 
     assert record.revision == 1
     assert record.changes == ["first bundle"]
-    assert record.reasons == ["test"]
+    # The caller's reason, then the changes it includes, each as its signal recorded it.
+    assert record.reasons[0] == "test"
+    assert {"tenant acme added", "policy of acme changed", "thresholds of nano changed"} <= set(
+        record.reasons
+    )
     bundle = verified(record)
     tenants = {t.slug: t for t in bundle.tenants}
     assert tenants["acme"].privacy == "in_region"
@@ -131,7 +135,7 @@ def test_a_compile_that_would_break_a_rule_signs_nothing_and_says_why(
     assert publish_bundle(["pool changed"], now=NOW + timedelta(seconds=5)) is None
 
     failure = BundleCompileFailure.objects.get()
-    assert failure.reasons == ["pool changed"]
+    assert failure.reasons == ["pool changed", "accelerator pool of eu-west changed"]
     assert failure.problems == [f"the pool of eu-west lists node {stray.uid} of region us-east"]
     assert PolicyBundleRecord.objects.latest_revision() == 1
 
@@ -400,3 +404,18 @@ def test_a_cycle_written_around_the_form_is_refused_by_the_compiler(eu_west, us_
     assert publish_bundle(["cycle"]) is None
     problems = BundleCompileFailure.objects.get().problems
     assert "fallback cycle: eu-west → us-east → eu-west" in problems
+
+
+def test_a_revision_says_which_changes_it_includes_whoever_compiled_it(acme, globex):
+    publish_bundle(["first"])
+    update_policy(acme, {"quality": "high"}, actor=None, actor_kind="operator")
+    update_policy(globex, {"privacy_mode": "in_region"}, actor=None, actor_kind="operator")
+
+    # Beat's compile picks both up: its own reason says nothing then.
+    record = publish_bundle(["periodic check"])
+
+    assert record.reasons == ["policy of acme changed", "policy of globex changed"]
+    assert publish_bundle(["periodic check"]) is None  # answered: nothing left to say
+    from fleet.models import BundleRequest
+
+    assert not BundleRequest.objects.exists()
