@@ -333,6 +333,8 @@ class AgentApp:
         except (RequestError, RunFailed) as exc:
             status, payload, content_type = exc.status, error_body(exc.message), JSON
         except ClientGone:
+            if admission is not None:  # nothing was answered: give the reservation back
+                self.gate.settle(admission, 499)  # type: ignore[union-attr]
             raise
         except Exception:  # counted as a server error below, and the server stays up
             log.exception("inference on model %s failed unexpectedly", name)
@@ -382,6 +384,9 @@ class AgentApp:
             gate.settle(admission, 413)
             await respond(send, 413, error_body(str(exc)), extra=CLOSE)
             return
+        except ClientGone:
+            gate.settle(admission, 499)  # nothing forwarded: give the reservation back
+            raise
         answer = await gate.forward(admission, scope["path"], body, scope["headers"])
         if admission.decision.action == "refuse":  # no pool node answered
             await self._refuse(send, name, admission, started)
