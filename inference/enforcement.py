@@ -558,6 +558,14 @@ class DecisionSampler:
             self.dropped += 1
         pending.append(record)
 
+    def keep(self, record: protocol.DecisionRecord) -> None:
+        """Keep a record whatever its action: a request another node offloaded here, so that
+        a lookup by request id finds both hops."""
+        pending = self._pending
+        if len(pending) == pending.maxlen:
+            self.dropped += 1
+        pending.append(record)
+
     def pending(self) -> list[protocol.DecisionRecord]:
         """What the next heartbeat carries, oldest first."""
         return list(self._pending)

@@ -301,7 +301,9 @@ class PolicyGate:
         decision = admission.decision
         key = (decision.action, decision.rule)
         self.metrics.decisions[key] = self.metrics.decisions.get(key, 0) + 1
-        if self.sampler.wants(decision.action):
+        if admission.forwarded:  # the second hop of an offload: always logged, as the first
+            self.sampler.keep(self._record(admission, status, target))
+        elif self.sampler.wants(decision.action):
             self.sampler.record(self._record(admission, status, target))
 
     def _record(self, admission: Admission, status: int, target: str | None):

@@ -41,6 +41,9 @@ CAPPED = "globex"
 # globex pays in USD: 50 tiny inferences at the demo's local price of $0.06 per 1,000.
 CAP = Decimal("0.003")
 LOCAL_ONLY = "nakamura"
+# Asks for the same model as LOCAL_ONLY and is offloaded: in_region, so the region's pool is
+# allowed, and no spend cap (a large regional inference costs more than globex's cap).
+OFFLOADED = "acme"
 MODEL = "tiny-classifier"
 # A model the nano node does not serve and the eu-west accelerator does.
 FAR_MODEL = "random-convnet-large"
@@ -184,13 +187,14 @@ def tell(console_url: str, say: Callable[[str], None], *, cycles: int | None = N
     far = _body(hot, FAR_MODEL)
     hermit = Caller(console_url, Tenant.objects.get(slug=LOCAL_ONLY))
     refused = hermit.infer(hot, FAR_MODEL, far)
-    offloaded = caller.infer(hot, FAR_MODEL, far, **{"X-Session-Id": f"demo-far-{session}"})
+    traveller = Caller(console_url, Tenant.objects.get(slug=OFFLOADED))
+    offloaded = traveller.infer(hot, FAR_MODEL, far, **{"X-Session-Id": f"demo-far-{session}"})
     say(
         f"{LOCAL_ONLY} (local_only) asks {HOT_NODE} for {FAR_MODEL}, which it lacks: "
         f"{refused.status_code} — {refused.json().get('error', '')[:120]}"
     )
     say(
-        f"{CAPPED} asks the same: {offloaded.status_code}, served by "
+        f"{OFFLOADED} asks the same: {offloaded.status_code}, served by "
         f"{offloaded.headers.get('x-outpost-served-by')} node "
         f"{offloaded.headers.get('x-outpost-node')} for {offloaded.headers.get('x-outpost-cost')}"
         f" — /fleet/decisions/?request_id={offloaded.headers.get('x-request-id')}"

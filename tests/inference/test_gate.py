@@ -225,3 +225,17 @@ def test_settling_counts_every_decision_and_samples_refusals(gate):
     pending = gate.sampler.pending()
     assert pending[0].request_id == "req-x"
     assert (pending[0].status, pending[0].bundle_revision) == (403, 1)
+
+
+def test_every_request_offloaded_here_is_logged_so_a_lookup_finds_both_hops(gate):
+    activate(gate, rules("acme"))
+    for i in range(30):
+        admission = admit(gate, x_outpost_forwarded_by="edge-2", x_request_id=f"req-{i}")
+        gate.settle(admission, 200)
+    for _ in range(30):
+        gate.settle(admit(gate), 200)
+
+    kept = gate.sampler.pending()
+    assert [r.request_id for r in kept[:30]] == [f"req-{i}" for i in range(30)]
+    assert {(r.rule, r.served_by) for r in kept[:30]} == {("forwarded", "regional")}
+    assert len(kept) == 30 + 2  # local decisions: one in twenty
