@@ -662,6 +662,29 @@ def _numeric(text: str) -> bool:
     return stripped.isdigit()
 
 
+def run_recorded(name: str, output: Path, result: dict[str, Any], body) -> int:
+    """Run `body(result)`, record how it ended in `result["status"]` (ok, failed with the
+    error, interrupted) and the load at the end, and write `result` to `output` whatever
+    happened. The exit code: 0 ok, 1 failed, 130 interrupted."""
+    code = 0
+    try:
+        body(result)
+        result["status"] = "ok"
+    except BenchError as exc:
+        result["status"] = "failed"
+        result["error"] = str(exc)
+        print(f"{name}: FAILED: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        result["status"] = "interrupted"
+        code = 130
+    finally:
+        result["machine"]["loadavg_at_end"] = list(os.getloadavg())
+        write_json(output, result)
+        log(f"wrote {output}")
+    return code
+
+
 def write_json(path: Path, data: Any) -> Path:
     """Write the result file atomically (a reader never sees half of it)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -88,9 +87,9 @@ from bench.common import (
     percentile,
     print_table,
     resolve_timing,
+    run_recorded,
     run_wrk,
     write_enrolled_state,
-    write_json,
     write_wrk_script,
     wrk_version,
 )
@@ -656,23 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             "agent_p50_over_handwritten_p50_at_1": P50_TARGET,
         },
     }
-    code = 0
-    try:
-        run(args, result)
-        result["status"] = "ok"
-    except BenchError as exc:
-        result["status"] = "failed"
-        result["error"] = str(exc)
-        print(f"node_overhead: FAILED: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        result["status"] = "interrupted"
-        code = 130
-    finally:
-        result["machine"]["loadavg_at_end"] = list(os.getloadavg())
-        write_json(output, result)
-        log(f"wrote {output}")
-    return code
+    return run_recorded(NAME, output, result, lambda result: run(args, result))
 
 
 if __name__ == "__main__":

@@ -91,8 +91,8 @@ from bench.common import (
     percentile,
     print_table,
     resolve_timing,
+    run_recorded,
     stop_all,
-    write_json,
 )
 from fleet.bundles import Inputs, PoolMember, RegionSpec, compile_bundle
 from inference.policy import NodeState, PolicyView, Request, decide
@@ -1226,8 +1226,8 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
         "results": [],
     }
-    code = 0
-    try:
+
+    def body(result: dict) -> None:
         sections = []
         for measure in SECTIONS:
             section = measure(args)
@@ -1240,20 +1240,8 @@ def main(argv: list[str] | None = None) -> int:
         for section in sections:
             print_table(section.columns, section.rows, title=section.title)
         print_targets(result["results"])
-        result["status"] = "ok"
-    except BenchError as exc:
-        result["status"] = "failed"
-        result["error"] = str(exc)
-        print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        result["status"] = "interrupted"
-        code = 130
-    finally:
-        result["machine"]["loadavg_at_end"] = list(os.getloadavg())
-        write_json(output, result)
-        log(f"wrote {output}")
-    return code
+
+    return run_recorded(NAME, output, result, body)
 
 
 if __name__ == "__main__":
