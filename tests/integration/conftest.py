@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,13 +84,18 @@ def python() -> str:
     return sys.executable
 
 
-def serve_enrolled(start_process, console_url: str, root, name: str, region, node_class) -> int:
+def serve_enrolled(
+    start_process, console_url: str, root, name: str, region, node_class, models=()
+) -> int:
     """Start a real agent that enrolls with the console under `name` with a fresh one-time
-    token and an empty --models folder (the console gives it its versions); returns its port."""
+    token and a --models folder holding copies of `models` (ONNX files; none: the console gives
+    it its versions); returns its port."""
     from fleet.models import EnrollmentToken
 
     _, secret = EnrollmentToken.issue(node_name=name, region=region, node_class=node_class)
     (root / name / "models").mkdir(parents=True)
+    for model in models:
+        shutil.copy(model, root / name / "models" / Path(model).name)
     port = free_port()
     start_process(
         name,

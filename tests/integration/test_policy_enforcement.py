@@ -10,7 +10,6 @@ node (nano) and the region's accelerator pool (one accelerator node), both enrol
 """
 
 import asyncio
-import shutil
 from datetime import timedelta
 from decimal import Decimal
 
@@ -26,7 +25,7 @@ from fleet.policies import set_accelerator_pool, set_node_class_thresholds, upda
 from fleet.policy_plane import publish_bundle, push_bundle
 from inference import protocol
 from tests.inference.harness import doubler_model
-from tests.integration.conftest import free_port, python, wait_until
+from tests.integration.conftest import serve_enrolled, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,33 +33,8 @@ INPUT = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [
 
 
 def start_agent(start_process, console_url, root, name, region, node_class, models):
-    from fleet.models import EnrollmentToken
-
-    _, secret = EnrollmentToken.issue(node_name=name, region=region, node_class=node_class)
-    folder = root / name / "models"
-    folder.mkdir(parents=True)
-    for model in models:
-        shutil.copy(root / "models" / f"{model}.onnx", folder / f"{model}.onnx")
-    port = free_port()
-    start_process(
-        name,
-        [
-            python(),
-            "-m",
-            "inference",
-            "serve",
-            "--models",
-            str(folder),
-            "--port",
-            str(port),
-            "--state-dir",
-            str(root / name / "state"),
-            "--console",
-            console_url,
-            "--enroll",
-            secret,
-        ],
-    )
+    files = [root / "models" / f"{model}.onnx" for model in models]
+    port = serve_enrolled(start_process, console_url, root, name, region, node_class, files)
     return f"http://127.0.0.1:{port}"
 
 
