@@ -123,37 +123,39 @@ def policies(request: HttpRequest) -> HttpResponse:
 @require_POST
 @operator_required
 def fail_closed(request: HttpRequest, tenant: str) -> HttpResponse:
-    found = get_object_or_404(Tenant, slug=tenant)
-    form = FailClosedForm(request.POST)
-    if form.is_valid() and (saved := form.save(found, actor=request.user)) is not None:
-        after = saved.fail_closed_after_s
-        messages.success(
-            request,
-            f"{found.slug}: nodes now refuse its requests when their bundle is older than "
-            f"{after} s."
-            if after
-            else f"{found.slug}: nodes keep serving it whatever the age of their bundle.",
-        )
-        return redirect(f"{reverse('policies:list')}#tenant-{found.slug}")
-    return _operator_page(request, fail_closed_error={"slug": found.slug, "form": form})
+    def said(slug: str, after: int | None) -> str:
+        if after:
+            return (
+                f"{slug}: nodes now refuse its requests when their bundle is older than {after} s."
+            )
+        return f"{slug}: nodes keep serving it whatever the age of their bundle."
+
+    return _save_operator_field(request, tenant, FailClosedForm, said, "fail_closed_error")
 
 
 @require_POST
 @operator_required
 def rate_limit(request: HttpRequest, tenant: str) -> HttpResponse:
+    def said(slug: str, limit: int | None) -> str:
+        if limit:
+            return (
+                f"{slug}: each node now admits at most {limit:,} of its requests per second "
+                "and answers 429 beyond."
+            )
+        return f"{slug}: no rate limit."
+
+    return _save_operator_field(request, tenant, RateLimitForm, said, "rate_limit_error")
+
+
+def _save_operator_field(request, tenant: str, form_class, said, error_key: str) -> HttpResponse:
+    """Save one operator-only policy field of a tenant from its form on the operator page:
+    back to the page with what changed, or the page with the refused form in its row."""
     found = get_object_or_404(Tenant, slug=tenant)
-    form = RateLimitForm(request.POST)
+    form = form_class(request.POST)
     if form.is_valid() and (saved := form.save(found, actor=request.user)) is not None:
-        limit = saved.rate_limit_per_s
-        messages.success(
-            request,
-            f"{found.slug}: each node now admits at most {limit:,} of its requests per second "
-            "and answers 429 beyond."
-            if limit
-            else f"{found.slug}: no rate limit.",
-        )
+        messages.success(request, said(found.slug, getattr(saved, form_class.field)))
         return redirect(f"{reverse('policies:list')}#tenant-{found.slug}")
-    return _operator_page(request, rate_limit_error={"slug": found.slug, "form": form})
+    return _operator_page(request, **{error_key: {"slug": found.slug, "form": form}})
 
 
 @require_POST
