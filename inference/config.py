@@ -27,8 +27,10 @@ class SessionSettings:
     # 0 lets ONNX Runtime pick (one thread per physical core); the CLI defaults to cores - 1.
     intra_op_threads: int = 0
     graph_optimization: str = "all"
-    # Whether idle intra-op threads spin (lower latency per run, a busy core while idle).
-    intra_op_spinning: bool = False
+    # How long an intra-op thread spins for more work after a run before it sleeps (0: never
+    # spins). Waking a sleeping thread, on a VM a halted vCPU, costs more than a small model's
+    # run; spinning without bound steals the core the event loop needs under load.
+    intra_op_spin_us: int = 300
     # Full ONNX Runtime provider names, in order of preference; CPU is always appended last.
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
 

@@ -78,11 +78,13 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _OPTIMIZATION[settings.graph_optimization]
-    # Spinning intra-op threads burn a core while idle; on a 2-4 core edge node that core is
-    # the one the event loop needs to parse the next requests (see inference/README.md).
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
-    )
+    # Spinning is bounded: unbounded, the threads keep the core the event loop needs to parse
+    # the next requests (p99 at 32 connections ~5x worse); not at all, each run pays for waking
+    # them (see SessionSettings and inference/README.md).
+    spin_us = settings.intra_op_spin_us
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us else "0")
+    if spin_us:
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     options.log_severity_level = 3
     return options
 

@@ -63,3 +63,13 @@ def test_an_unavailable_provider_falls_back_to_cpu_with_a_warning():
     assert providers == ("CPUExecutionProvider",)
     assert "CUDAExecutionProvider is not available" in warnings[0]
     assert "using CPU" in warnings[0]
+
+
+def test_intra_op_threads_spin_for_a_bounded_time_after_a_run_unless_told_not_to():
+    from inference.models import session_options
+
+    spinning = session_options(SessionSettings(intra_op_threads=2, intra_op_spin_us=250))
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.get_session_config_entry("session.intra_op.spin_duration_us") == "250"
+    still = session_options(SessionSettings(intra_op_threads=2, intra_op_spin_us=0))
+    assert still.get_session_config_entry("session.intra_op.allow_spinning") == "0"
