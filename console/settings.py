@@ -190,6 +190,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.prune_decisions_task",
         "schedule": 3600.0,
     },
+    "refresh-usage-rollups": {
+        "task": "billing.tasks.refresh_usage_rollups_task",
+        "schedule": 15.0,
+    },
     # Catches what no signal announces (a scheduled price taking effect) and reissues a bundle
     # before it expires; a compile equal to the latest bundle signs nothing.
     "publish-policy-bundle": {

@@ -15,6 +15,7 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer, django_auth_is_staff
 
 from billing.auth import ApiKeyAuth, staff_session
+from billing.ingest import BatchRejected, NodeFacts, ingest_batch
 from billing.models import ApiKey, Tenant
 from billing.signing import console_public_key_b64
 from fleet import artifacts
@@ -36,6 +37,7 @@ from fleet.models import (
     Region,
     TenantPin,
 )
+from fleet.models.registry import known_served_versions
 from fleet.policy_plane import record_decisions
 from fleet.rollout_actions import (
     RolloutError,
@@ -63,6 +65,7 @@ from fleet.schemas import (
     RegionOut,
     ThermalSimulationIn,
     ThermalSimulationOut,
+    request_body,
 )
 from inference import protocol
 
@@ -135,6 +138,24 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             simulated_temperature_c=node.simulated_temperature_c,
         ),
     )
+
+
+@node_router.post(
+    "/usage",
+    auth=NodeCredentialAuth(),
+    response={200: protocol.UsageAck, 400: protocol.ErrorBody, 403: protocol.ErrorBody},
+    summary="Upload a batch of usage records; a batch seen before is acknowledged, not counted",
+    openapi_extra=request_body(protocol.UsageBatch),
+)
+def upload_usage(request: HttpRequest):
+    # The body is read here, not by ninja: a bad record is quarantined with its reason while
+    # the rest of its batch counts, so records are validated one by one (billing/ingest.py).
+    node: Node = request.auth
+    facts = NodeFacts(node.uid, node.region.code, node.node_class.name)
+    try:
+        return ingest_batch(request.body, facts, known_served_versions)
+    except BatchRejected as exc:
+        return Status(exc.status, {"error": str(exc)})
 
 
 @node_router.get(

@@ -27,6 +27,7 @@ from fleet.forms import SimulatorForm
 from fleet.models import PolicyBundleRecord, TenantPolicy
 from fleet.models.policies import POLICY_FIELDS, format_amount
 from fleet.policies import StalePolicy, update_policy
+from fleet.schemas import request_body
 from fleet.simulator import Simulation, simulate
 from inference import protocol
 
@@ -157,12 +158,7 @@ def get_policy(request: HttpRequest, response: HttpResponse):
 # Read by hand, not as a ninja body: ninja drops the fields it does not know (they must be
 # named in a 400) and an explicit null (which clears max_spend_per_session). PolicyIn is
 # what the OpenAPI schema shows.
-PUT_BODY_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": PolicyIn.model_json_schema()}},
-    }
-}
+PUT_BODY_SCHEMA = request_body(PolicyIn)
 # What a GET answers besides the policy's own fields: a PUT may send them back.
 ECHOED_FIELDS = ("tenant", "currency", "revision", "updated_at")
 

@@ -106,6 +106,8 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
             else float(c.thermal_envelope_c),
             cost_ceilings=dict(c.cost_ceilings),
             hourly_cost=_decimal(c.hourly_cost.quantize(Decimal("0.000001"))),
+            idle_watts=float(c.idle_watts),
+            peak_watts=float(c.peak_watts),
         )
         for c in NodeClass.objects.order_by("name")
     ]

@@ -29,30 +29,15 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from inference import __version__
+from inference import __version__, protocol
 
 if TYPE_CHECKING:
     from inference.drift import OutputSketch
 
 OUTCOMES = ("success", "client_error", "server_error")
 
-DURATION_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+# The usage records' latency buckets (inference/protocol.py), so both sources agree.
+DURATION_BUCKETS = protocol.LATENCY_BOUNDS_S
 QUEUE_BUCKETS = (
     0.00001,
     0.00005,

@@ -252,6 +252,94 @@ class HeartbeatReply(ConsoleMessage):
     memory_budget_bytes: int | None = Field(None, ge=0)
 
 
+# --- usage ---------------------------------------------------------------------------------
+#
+# Every inference a node serves is billed exactly once, by the node that served it (an offload
+# is billed by the pool node; the node that forwarded it counts the forward as telemetry only).
+# The node aggregates per minute by (tenant, model version, served_by, offload reason), spools
+# closed minutes as numbered batches on its disk (inference/usage.py) and uploads them; the
+# console stores a batch and its records in one transaction, unique on (node, batch_seq), so a
+# repeat is acknowledged and not counted again (billing/ingest.py).
+
+USAGE_PATH = "/api/v1/nodes/usage"
+USAGE_WINDOW_S = 60
+USAGE_MAX_RECORDS = 5000
+# Upper bounds (seconds) of the latency histogram of every usage record, and of the agent's
+# Prometheus duration histograms (inference/metrics.py): one set of buckets, so p95 from
+# usage and from Prometheus agree to the bucket. A record's `latency_counts` has one count per
+# bound and a last one for slower requests (+Inf).
+LATENCY_BOUNDS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+LATENCY_BUCKETS = len(LATENCY_BOUNDS_S) + 1
+OffloadReason = Literal["tenant_quality", "model_not_local", "thermal", "cost", "capacity"]
+OFFLOAD_REASONS: tuple[str, ...] = OffloadReason.__args__  # type: ignore[attr-defined]
+# The header an offloading node sets on the forward, so the pool node that bills the request
+# knows why it travelled (the quality credit depends on it).
+OFFLOAD_REASON_HEADER = "x-outpost-offload-reason"
+
+
+class UsageRecord(WireModel):
+    """One node's inferences for one tenant, model version, serving and minute."""
+
+    tenant: str = Field(max_length=50)
+    model: str = Field(max_length=200)
+    version: str = Field(max_length=50)
+    grade: Literal["tiny", "medium", "large"]
+    served_by: Literal["local", "regional"]
+    # Why it was served regionally (None when local).
+    offload_reason: OffloadReason | None = None
+    minute: AwareDatetime = Field(description="Start of the minute (UTC, seconds zero)")
+    # Inferences answered successfully: the billable count. The histogram is theirs.
+    count: int = Field(ge=0)
+    # Inferences that reached the model and failed (not billed).
+    errors: int = Field(ge=0)
+    latency_counts: list[int] = Field(
+        min_length=LATENCY_BUCKETS,
+        max_length=LATENCY_BUCKETS,
+        description="Successful inferences per latency bucket (LATENCY_BOUNDS_S, then +Inf)",
+    )
+    latency_sum_s: float = Field(ge=0)
+    # Energy the node spent on these inferences (RAPL or GPU when readable, else the node
+    # class's power model times busy time), joules.
+    energy_j: float = Field(ge=0)
+    # How many of `count` had their sensitive fields tokenised.
+    tokenised: int = Field(0, ge=0)
+
+
+class UsageBatch(WireModel):
+    node_uid: str = Field(max_length=40)
+    # Numbered 1, 2, 3... per node, never reused: the console's idempotency key with node_uid.
+    batch_seq: int = Field(ge=1)
+    created_at: AwareDatetime
+    records: list[UsageRecord] = Field(max_length=USAGE_MAX_RECORDS)
+
+
+class UsageAck(ConsoleMessage):
+    """The console has the batch (a 200): the node may delete it from its spool."""
+
+    batch_seq: int
+    # stored: counted now; duplicate: counted before (same content); conflict: another batch
+    # had this number (the console keeps this one in quarantine for an operator).
+    outcome: Literal["stored", "duplicate", "conflict"]
+    accepted: int = Field(0, ge=0, description="Records counted")
+    quarantined: int = Field(0, ge=0, description="Records kept aside with their reason")
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -607,6 +695,10 @@ class ClassThresholds(WireModel):
     # the ceilings: with its measured run time per inference a node knows what an inference
     # costs it to serve, and compares that with the ceiling.
     hourly_cost: str | None = Field(None, pattern=DECIMAL_PATTERN)
+    # The class's power model (fleet.NodeClass): a node with no readable energy counter
+    # estimates the energy of its inferences as busy time times peak watts.
+    idle_watts: float | None = Field(None, ge=0)
+    peak_watts: float | None = Field(None, ge=0)
 
 
 class ModelGrade(WireModel):

@@ -257,7 +257,7 @@ class Node(models.Model):
     @classmethod
     def authenticate(cls, credential: str) -> Node | None:
         return (
-            cls.objects.select_related("node_class")
+            cls.objects.select_related("node_class", "region")
             .filter(credential_hash=hash_secret(credential))
             .first()
         )

@@ -60,6 +60,23 @@ class Model(models.Model):
         return self.name if self.owner_id is None else f"{self.owner.slug}.{self.name}"
 
 
+def known_served_versions(pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Of these (served name, version) pairs, the ones the registry has: usage ingest counts
+    only those (billing/ingest.py). A served name is a catalogue model's name or
+    "<tenant slug>.<name>" for a tenant's own (Model.served_name)."""
+    wanted = Q(pk__in=[])
+    for name, version in pairs:
+        if not version.isdigit():
+            continue
+        owner, dot, short = name.partition(".")
+        if dot:
+            wanted |= Q(model__owner__slug=owner, model__name=short, version=int(version))
+        else:
+            wanted |= Q(model__owner__isnull=True, model__name=name, version=int(version))
+    found = ModelVersion.objects.filter(wanted).select_related("model__owner")
+    return {(v.model.served_name, str(v.version)) for v in found}
+
+
 # Set at upload and never changed: the bytes and what they are.
 IMMUTABLE_FIELDS = frozenset(
     {"model_id", "version", "sha256", "size_bytes", "opset", "inputs", "outputs", "created_at"}
