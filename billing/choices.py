@@ -36,3 +36,30 @@ PRICE_STATE_BADGE = {
     PriceState.SCHEDULED: "info",
     PriceState.SUPERSEDED: "secondary",
 }
+
+
+class InvoiceStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    FINALISED = "finalised", "Finalised"
+    PAID = "paid", "Paid"
+    VOID = "void", "Void"
+    UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+
+
+INVOICE_STATUS_BADGE = {
+    InvoiceStatus.DRAFT: "secondary",
+    InvoiceStatus.FINALISED: "primary",
+    InvoiceStatus.PAID: "success",
+    InvoiceStatus.VOID: "dark",
+    InvoiceStatus.UNCOLLECTIBLE: "danger",
+}
+
+# Where an invoice may go from where it is: finalised is the only way out of a draft, and a
+# finalised invoice is never edited, only settled (paid, void, uncollectible).
+INVOICE_TRANSITIONS = {
+    InvoiceStatus.DRAFT: {InvoiceStatus.FINALISED},
+    InvoiceStatus.FINALISED: {InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE},
+    InvoiceStatus.UNCOLLECTIBLE: {InvoiceStatus.PAID, InvoiceStatus.VOID},
+    InvoiceStatus.PAID: set(),
+    InvoiceStatus.VOID: set(),
+}

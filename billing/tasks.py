@@ -15,3 +15,11 @@ def refresh_usage_rollups_task() -> int:
     while done := refresh_rollups():
         total += done
     return total
+
+
+@shared_task
+def refresh_drafts_task() -> int:
+    """Bring every tenant's draft of its current month up to date; returns how many."""
+    from billing.invoicing import draft_all
+
+    return draft_all()

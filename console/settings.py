@@ -8,6 +8,7 @@ provide a real secret key, hosts and signing key, or the process refuses to star
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -194,6 +195,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.refresh_usage_rollups_task",
         "schedule": 15.0,
     },
+    "refresh-invoice-drafts": {
+        "task": "billing.tasks.refresh_drafts_task",
+        "schedule": float(env_int("OUTPOST_DRAFT_REFRESH_S", 60, minimum=5)),
+    },
     # Catches what no signal announces (a scheduled price taking effect) and reissues a bundle
     # before it expires; a compile equal to the latest bundle signs nothing.
     "publish-policy-bundle": {
@@ -261,6 +266,11 @@ if OUTPOST_NEXT_PUBLIC_KEY:
         _public_key_from_b64(OUTPOST_NEXT_PUBLIC_KEY)
     except ValueError as _exc:
         raise ImproperlyConfigured(f"OUTPOST_NEXT_PUBLIC_KEY: {_exc}") from None
+# The share of the regional premium a quality credit returns when the tenant's own quality
+# objective sent a request to the pool, for tenants on no latency band (bands set their own).
+OUTPOST_TENANT_QUALITY_CREDIT_SHARE = Decimal(
+    str(env_float("OUTPOST_TENANT_QUALITY_CREDIT_SHARE", 0.5, lo=0.0, hi=1.0))
+)
 OUTPOST_DECISION_RETENTION_H = env_int("OUTPOST_DECISION_RETENTION_H", 72, minimum=1)
 # Uploads of up to this size stay in memory; larger ones spool to a temporary file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20

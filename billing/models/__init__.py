@@ -1,5 +1,5 @@
-"""Billing's models: accounts (accounts.py), the price book (prices.py) and the usage ledger
-(usage.py)."""
+"""Billing's models: accounts (accounts.py), the price book (prices.py), the usage ledger
+(usage.py), commitments (plans.py) and invoices (invoices.py)."""
 
 from billing.models.accounts import (
     API_KEY_PREFIX,
@@ -13,6 +13,22 @@ from billing.models.accounts import (
     validate_not_reserved,
     validate_time_zone,
 )
+from billing.models.invoices import (
+    Invoice,
+    InvoiceEvent,
+    InvoiceLine,
+    InvoiceNumber,
+    InvoiceTransitionError,
+)
+from billing.models.plans import (
+    BandTerms,
+    FeatureActivation,
+    FeatureBundle,
+    FeatureBundlePrice,
+    LatencyBand,
+    Subscription,
+    TaxRate,
+)
 from billing.models.prices import Price, PriceInEffectError, format_price
 from billing.models.usage import (
     LATENCY_COLUMNS,
@@ -24,6 +40,18 @@ from billing.models.usage import (
 )
 
 __all__ = [
+    "BandTerms",
+    "FeatureActivation",
+    "FeatureBundle",
+    "FeatureBundlePrice",
+    "Invoice",
+    "InvoiceEvent",
+    "InvoiceLine",
+    "InvoiceNumber",
+    "InvoiceTransitionError",
+    "LatencyBand",
+    "Subscription",
+    "TaxRate",
     "LATENCY_COLUMNS",
     "QuarantinedUsage",
     "StaleRollup",

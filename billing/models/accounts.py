@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import zoneinfo
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -37,6 +38,10 @@ def validate_time_zone(value: str) -> None:
         raise ValidationError(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)")
 
 
+def default_alert_percents() -> list[int]:
+    return [50, 80, 100]
+
+
 class TenantQuerySet(models.QuerySet["Tenant"]):
     def with_account_counts(self) -> TenantQuerySet:
         return self.annotate(
@@ -58,6 +63,22 @@ class Tenant(models.Model):
         default="EUR",
         validators=[validate_currency],
     )
+    # Where its invoices are taxed (ISO 3166 country code; billing.TaxRate); empty: no tax.
+    jurisdiction = models.CharField(max_length=2, blank=True)
+    billing_email = models.EmailField(blank=True)
+    # The monthly budget spending alerts are measured against (None: no budget, no alerts).
+    monthly_budget = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0), "A budget cannot be negative.")],
+    )
+    # Shares of the budget, in percent, at which an alert fires (and 100: exhausted).
+    budget_alert_percents = models.JSONField(default=default_alert_percents, blank=True)
+    # Spending alerts are also POSTed here, signed (billing/alerts.py).
+    alert_webhook_url = models.URLField(blank=True)
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = TenantQuerySet.as_manager()

@@ -1,0 +1,199 @@
+"""Invoices from the usage ledger: drafts, finalisation, gapless numbers, late usage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from billing.invoicing import InvoicingError, finalise_invoice, refresh_draft
+from billing.models import (
+    BandTerms,
+    Invoice,
+    InvoiceTransitionError,
+    LatencyBand,
+    Price,
+    Subscription,
+    TaxRate,
+    Tenant,
+    UsageBatch,
+    UsageRecord,
+)
+from inference import protocol
+
+# acme's months are Berlin months: November 2026 is [Oct 31 23:00 UTC, Nov 30 23:00 UTC).
+NOV = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+DEC = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
+AFTER_NOV = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def prices(db):
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    book = {
+        ("tiny", "local"): "0.05",
+        ("tiny", "regional"): "0.12",
+        ("medium", "local"): "0.40",
+        ("medium", "regional"): "0.90",
+        ("large", "local"): "2.00",
+        ("large", "regional"): "3.00",
+    }
+    for (grade, serving), per_1000 in book.items():
+        Price.objects.create(
+            grade=grade, serving=serving, currency="EUR", per_1000=Decimal(per_1000),
+            effective_from=start,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def silver(db):
+    band = LatencyBand.objects.create(slug="silver", name="Silver", position=2)
+    BandTerms.objects.create(
+        band=band, currency="EUR", effective_from=datetime(2026, 1, 1, tzinfo=UTC),
+        p95_target_ms=100, monthly_fee=Decimal("49.00"), included_inferences=1000,
+        overage_tiny=Decimal("0.04"), overage_medium=Decimal("0.30"), overage_large=Decimal("1.50"),
+        sla_credit_percent=Decimal(10), tenant_quality_credit_percent=Decimal(50),
+    )  # fmt: skip
+    return band
+
+
+@pytest.fixture
+def acme_on_silver(acme, silver, prices):
+    Tenant.objects.filter(pk=acme.pk).update(jurisdiction="DE")
+    TaxRate.objects.create(
+        jurisdiction="DE", name="VAT 19 %", rate=Decimal("0.19"),
+        effective_from=datetime(2020, 1, 1, tzinfo=UTC),
+    )  # fmt: skip
+    Subscription.objects.create(
+        tenant=acme, band=silver, starts_at=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    acme.refresh_from_db()
+    return acme
+
+
+_seq = iter(range(1, 100_000))
+
+
+def served(
+    tenant, minute, count, *, received, grade="tiny", served_by="local", reason="", fast=True
+):
+    """`count` inferences at `minute`, as a node's batch received at `received`."""
+    batch = UsageBatch.objects.create(
+        node_uid="nd-1", batch_seq=next(_seq), region="eu-west", node_class="nano",
+        created_at=minute, received_at=received, digest="x", raw=b"",
+    )  # fmt: skip
+    latency = {"le_10ms" if fast else "le_250ms": count}
+    return UsageRecord.objects.create(
+        batch=batch, tenant=tenant, node_uid="nd-1", region="eu-west", node_class="nano",
+        model="tiny-classifier", version="1", grade=grade, served_by=served_by,
+        offload_reason=reason, minute=minute.replace(second=0, microsecond=0),
+        received_at=received, count=count, **latency,
+    )  # fmt: skip
+
+
+def lines(invoice):
+    return [(line.kind, line.amount) for line in invoice.lines.order_by("position")]
+
+
+def test_a_draft_charges_the_band_overage_and_regional_usage_with_its_quality_credit(
+    acme_on_silver,
+):
+    acme = acme_on_silver
+    served(acme, NOV, 3000, received=NOV)
+    served(acme, NOV, 1000, received=NOV, served_by="regional", reason="thermal")
+
+    draft = refresh_draft(acme, 2026, 11, now=NOV + timedelta(hours=1))
+
+    assert draft.status == "draft" and draft.number == ""
+    assert lines(draft) == [
+        ("band_fee", Decimal("49.000")),
+        ("overage", Decimal("0.080")),  # 2,000 tiny beyond the 1,000 included, at 0.04
+        ("regional_usage", Decimal("0.120")),
+        ("quality_credit", Decimal("-0.080")),  # the premium over 0.04, all of it: thermal
+        ("tax", Decimal("9.330")),  # 19 % of 49.12
+    ]
+    assert draft.total == sum(amount for _, amount in lines(draft)) == Decimal("58.450")
+    assert (draft.band, draft.p95_target_ms, draft.p95_ms) == ("Silver", 100, 10.0)
+    assert draft.inferences == 4000
+
+
+def test_the_sla_credit_follows_the_measured_p95(acme_on_silver):
+    served(acme_on_silver, NOV, 100, received=NOV, fast=False)
+
+    draft = refresh_draft(acme_on_silver, 2026, 11, now=NOV)
+
+    assert draft.p95_ms == 250.0
+    assert ("sla_credit", Decimal("-4.900")) in lines(draft)
+
+
+def test_finalising_numbers_invoices_gaplessly_and_freezes_them(acme_on_silver, db):
+    globex = Tenant.objects.create(slug="globex", name="Globex", currency="EUR")
+    served(acme_on_silver, NOV, 10, received=NOV)
+    first = finalise_invoice(refresh_draft(acme_on_silver, 2026, 11, now=NOV), now=AFTER_NOV)
+    second = finalise_invoice(refresh_draft(globex, 2026, 11, now=NOV), now=AFTER_NOV)
+
+    assert (first.number, second.number) == ("2026-000001", "2026-000002")
+    assert first.status == "finalised"
+    assert [e.kind for e in first.events.all()] == ["created", "finalised"]
+    total = first.total
+    served(acme_on_silver, NOV, 5000, received=AFTER_NOV + timedelta(hours=1))
+    assert refresh_draft(acme_on_silver, 2026, 11, now=DEC).total == total
+    assert finalise_invoice(first, now=DEC).number == "2026-000001"
+
+
+def test_usage_that_arrives_after_its_month_is_invoiced_goes_on_the_next_invoice(
+    acme_on_silver,
+):
+    acme = acme_on_silver
+    served(acme, NOV, 1500, received=NOV)
+    november = finalise_invoice(refresh_draft(acme, 2026, 11, now=NOV), now=AFTER_NOV)
+    served(acme, NOV, 2000, received=AFTER_NOV + timedelta(minutes=5))  # late
+    served(acme, DEC, 500, received=DEC)
+
+    december = refresh_draft(acme, 2026, 12, now=DEC + timedelta(hours=1))
+
+    adjustments = [line for line in december.lines.all() if line.kind == "adjustment"]
+    assert len(adjustments) == 1
+    assert "2026-11" in adjustments[0].description or "November" in adjustments[0].description
+    assert adjustments[0].amount == Decimal("0.100")  # 2,000 tiny at the price book's 0.05
+    # Each inference is on exactly one invoice.
+    assert november.inferences + december.inferences + 2000 == 4000
+
+
+def test_months_are_finalised_in_order_and_only_once_they_are_over(acme_on_silver):
+    october = refresh_draft(acme_on_silver, 2026, 10, now=NOV)
+    november = refresh_draft(acme_on_silver, 2026, 11, now=NOV)
+
+    with pytest.raises(InvoicingError, match="is not over yet"):
+        finalise_invoice(november, now=NOV)
+    with pytest.raises(InvoicingError, match="finalise acme's 2026-10 first"):
+        finalise_invoice(november, now=AFTER_NOV)
+    finalise_invoice(october, now=AFTER_NOV)
+    assert finalise_invoice(november, now=AFTER_NOV).status == "finalised"
+
+
+def test_a_finalised_invoice_is_settled_never_edited(acme_on_silver):
+    invoice = refresh_draft(acme_on_silver, 2026, 11, now=NOV)
+    with pytest.raises(InvoiceTransitionError, match="draft; it cannot become paid"):
+        invoice.move_to("paid")
+
+    finalise_invoice(invoice, now=AFTER_NOV)
+    invoice.move_to("paid", detail={"via": "test"})
+    invoice.move_to("paid")  # a repeat changes nothing
+
+    assert Invoice.objects.get(pk=invoice.pk).status == "paid"
+    assert [e.kind for e in invoice.events.all()] == ["created", "finalised", "paid"]
+    with pytest.raises(InvoiceTransitionError):
+        invoice.move_to("void")
+
+
+def test_usage_of_a_grade_the_price_book_does_not_price_is_a_clear_error(acme, db):
+    served(acme, NOV, 10, received=NOV, grade="large")
+
+    with pytest.raises(InvoicingError, match="acme 2026-11"):
+        refresh_draft(acme, 2026, 11, now=NOV)
+
+
+def test_the_histogram_buckets_are_the_protocols():
+    assert len(protocol.LATENCY_BOUNDS_S) + 1 == protocol.LATENCY_BUCKETS
