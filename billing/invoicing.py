@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from billing import rating
 from billing.choices import InvoiceStatus
+from billing.currencies import quantize
 from billing.models import (
     LATENCY_COLUMNS,
     FeatureActivation,
@@ -369,6 +370,25 @@ def _counted(tenant: Tenant, start: datetime, end: datetime, cutoff: datetime) -
         ).aggregate(n=Sum("count"))["n"]
         or 0
     )
+
+
+# Lines whose amount does not grow with usage: a month's forecast keeps them as they are.
+FIXED_KINDS = frozenset({"band_fee", "addon", "sla_credit", "adjustment", "tax"})
+
+
+def forecast(invoice: Invoice, now: datetime) -> Decimal:
+    """The month's total if usage goes on as it has: usage lines scaled from the share of the
+    month elapsed, fixed lines as they are, tax at the draft's own rate (before tax)."""
+    elapsed = (min(now, invoice.period_end) - invoice.period_start).total_seconds()
+    length = (invoice.period_end - invoice.period_start).total_seconds()
+    if elapsed <= 0 or not invoice.is_draft:
+        return invoice.total
+    lines = list(invoice.lines.all())
+    variable = sum((x.amount for x in lines if x.kind not in FIXED_KINDS), start=Decimal(0))
+    fixed = sum((x.amount for x in lines if x.kind in FIXED_KINDS - {"tax"}), start=Decimal(0))
+    net = fixed + variable * Decimal(length) / Decimal(elapsed)
+    rate = invoice.tax / invoice.subtotal if invoice.subtotal else Decimal(0)
+    return quantize(net * (1 + rate), invoice.currency)
 
 
 def draft_all(*, now: datetime | None = None) -> int:

@@ -1,11 +1,13 @@
 from django.urls import path
 
-from billing import views
+from billing import portal_views, views
 
 app_name = "portal"
 urlpatterns = [
     path("", views.portal_index, name="index"),
     path("<slug:tenant>/", views.portal_home, name="home"),
+    path("<slug:tenant>/billing/", portal_views.billing_home, name="billing"),
+    path("<slug:tenant>/invoices/<int:pk>/", portal_views.invoice_detail, name="invoice"),
     path("<slug:tenant>/keys/", views.api_keys, name="api_keys"),
     path("<slug:tenant>/keys/<int:pk>/revoke/", views.revoke_api_key, name="revoke_api_key"),
 ]

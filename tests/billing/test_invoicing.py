@@ -197,3 +197,39 @@ def test_usage_of_a_grade_the_price_book_does_not_price_is_a_clear_error(acme, d
 
 def test_the_histogram_buckets_are_the_protocols():
     assert len(protocol.LATENCY_BOUNDS_S) + 1 == protocol.LATENCY_BUCKETS
+
+
+def test_the_portal_shows_the_month_so_far_its_forecast_and_credits(client, carol, acme_on_silver):
+    from billing.ingest import recompute_hour
+    from billing.invoicing import month_of
+
+    acme = acme_on_silver
+    now = datetime.now(UTC)
+    served(acme, now, 3000, received=now)
+    served(acme, now, 1000, received=now, served_by="regional", reason="thermal")
+    refresh_draft(acme, *month_of(acme, now), now=now)
+    recompute_hour(acme.pk, now.replace(minute=0, second=0, microsecond=0))
+    client.force_login(carol)
+
+    page = client.get("/portal/acme/billing/")
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "58.45 EUR" in text
+    assert "-0.08 EUR" in text  # the quality credit
+    assert "3000 local · 1000 regional" in text
+    assert "thermal: 1000" in text
+    assert 'data-testid="forecast"' in text
+
+
+def test_a_member_sees_only_their_own_tenants_invoices(client, carol, acme_on_silver, db):
+    globex = Tenant.objects.create(slug="globex", name="Globex", currency="EUR")
+    theirs = finalise_invoice(refresh_draft(globex, 2026, 11, now=NOV), now=AFTER_NOV)
+    ours = finalise_invoice(refresh_draft(acme_on_silver, 2026, 11, now=NOV), now=AFTER_NOV)
+    client.force_login(carol)
+
+    assert client.get(f"/portal/acme/invoices/{ours.pk}/").status_code == 200
+    assert client.get(f"/portal/acme/invoices/{theirs.pk}/").status_code == 404
+    assert client.get(f"/portal/globex/invoices/{theirs.pk}/").status_code == 404
+    assert ours.number in client.get("/portal/acme/billing/").content.decode()
+    assert theirs.number not in client.get("/portal/acme/billing/").content.decode()

@@ -1,0 +1,73 @@
+"""The tenant's money in the portal: this month so far and its forecast, the measured p95
+against the band's target, credits earned, and the invoices. Every query is scoped to the
+member's own tenant (tenant_member_required)."""
+
+from __future__ import annotations
+
+from django.db.models import Sum
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+
+from billing.choices import InvoiceStatus
+from billing.invoicing import P95_BEYOND, forecast, month_of
+from billing.models import Invoice, Membership, UsageHourly
+from billing.roles import tenant_member_required
+
+CREDIT_KINDS = ("quality_credit", "sla_credit")
+
+
+@tenant_member_required
+def billing_home(request, membership: Membership):
+    tenant = membership.tenant
+    now = timezone.now()
+    year, month = month_of(tenant, now)
+    draft = (
+        Invoice.objects.filter(tenant=tenant, year=year, month=month)
+        .exclude(status=InvoiceStatus.VOID)
+        .prefetch_related("lines")
+        .first()
+    )
+    usage = UsageHourly.objects.filter(tenant=tenant)
+    if draft is not None:
+        usage = usage.filter(hour__gte=draft.period_start, hour__lt=draft.period_end)
+    by_model = list(
+        usage.values("model", "served_by")
+        .annotate(inferences=Sum("count"), errors=Sum("errors"))
+        .order_by("model", "served_by")
+    )
+    by_reason = list(
+        usage.filter(served_by="regional")
+        .values("offload_reason")
+        .annotate(inferences=Sum("count"))
+        .order_by("-inferences")
+    )
+    local = sum(r["inferences"] for r in by_model if r["served_by"] == "local")
+    regional = sum(r["inferences"] for r in by_model if r["served_by"] == "regional")
+    lines = list(draft.lines.all()) if draft is not None else []
+    context = {
+        "membership": membership,
+        "tenant": tenant,
+        "draft": draft,
+        "lines": lines,
+        "credits": sum((line.amount for line in lines if line.kind in CREDIT_KINDS), start=0),
+        "forecast": forecast(draft, now) if draft is not None else None,
+        "by_model": by_model,
+        "by_reason": by_reason,
+        "local": local,
+        "regional": regional,
+        "p95_beyond": P95_BEYOND,
+        "invoices": Invoice.objects.for_tenant(tenant).settled_or_open().order_by("-period_start"),
+    }
+    return render(request, "portal/billing.html", context)
+
+
+@tenant_member_required
+def invoice_detail(request, membership: Membership, pk: int):
+    invoice = get_object_or_404(
+        Invoice.objects.for_tenant(membership.tenant).prefetch_related("lines"), pk=pk
+    )
+    return render(
+        request,
+        "portal/invoice.html",
+        {"membership": membership, "tenant": membership.tenant, "invoice": invoice},
+    )
