@@ -114,7 +114,7 @@ def late_usage(
         by_month[month_of(tenant, row["minute"])][key] += row["n"]
     late = []
     for (year, month), counts in sorted(by_month.items()):
-        start, _ = rating.month_bounds(year, month, tenant.time_zone)
+        start, end = rating.month_bounds(year, month, tenant.time_zone)
         late.append(
             rating.LateUsage(
                 year=year,
@@ -123,7 +123,7 @@ def late_usage(
                     rating.Usage(grade=g, served_by=s, offload_reason=r, count=n)
                     for (g, s, r), n in sorted(counts.items(), key=str)
                 ),
-                prices=price_book(tenant.currency, start),
+                prices=price_book(tenant.currency, start, end),
             )
         )
     return late
@@ -132,12 +132,19 @@ def late_usage(
 # --- price data ------------------------------------------------------------------------------
 
 
-def price_book(currency: str, at: datetime) -> rating.Prices:
-    local: dict[str, Decimal] = {}
-    regional: dict[str, Decimal] = {}
+def price_book(currency: str, at: datetime, until: datetime | None = None) -> rating.Prices:
+    """The prices in effect at `at`; a (grade, serving) first priced before `until` (a
+    provider's first price, set during the month) counts from `at` too, so a month is never
+    unpriced for having begun before its prices."""
+    tables: dict[str, dict[str, Decimal]] = {"local": {}, "regional": {}}
     for price in Price.objects.in_effect(at).filter(currency=currency):
-        (local if price.serving == "local" else regional)[price.grade] = price.per_1000
-    return rating.Prices(local=local, regional=regional)
+        tables[price.serving][price.grade] = price.per_1000
+    if until is not None:
+        for price in Price.objects.filter(
+            currency=currency, effective_from__gt=at, effective_from__lt=until
+        ).order_by("effective_from"):
+            tables[price.serving].setdefault(price.grade, price.per_1000)
+    return rating.Prices(local=tables["local"], regional=tables["regional"])
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,7 @@ def rate_month(tenant: Tenant, year: int, month: int, cutoff: datetime) -> ratin
             end=end,
             currency=tenant.currency,
             usage=usage_between(tenant, start, end, received_after=None, received_until=cutoff),
-            prices=price_book(tenant.currency, start),
+            prices=price_book(tenant.currency, start, end),
             quality_credit_share=terms.quality_credit_share,
             tax_rate=terms.tax_rate,
             tax_name=terms.tax_name,

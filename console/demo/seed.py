@@ -27,6 +27,7 @@ from django.utils import timezone
 from billing.choices import MemberRole
 from billing.models import ApiKey, Membership, Price, Tenant
 from billing.roles import FINANCE_GROUP
+from console.demo.billing_seed import seed_billing
 from fleet.models import EnrollmentToken, Node, NodeClass, Region
 from inference.agent import IDENTITY_FILE, IdentityError, load_identity
 from inference.protocol import hash_secret
@@ -138,7 +139,7 @@ NODE_CLASSES = (
     },
 )
 
-# Latency bands come with billing; until then a tenant is its name, time zone and currency.
+# A tenant's band, budget and tax jurisdiction are seeded in console/demo/billing_seed.py.
 TENANTS = (
     {"slug": "acme", "name": "Acme Analytics", "time_zone": "Europe/Berlin", "currency": "EUR"},
     {
@@ -298,6 +299,7 @@ def seed(
             report=report,
         )
         seed_policies(report)
+        seed_billing(report)
     return report
 
 

@@ -269,3 +269,30 @@ def test_the_demo_models_go_into_the_catalogue_once(db, tmp_path, settings):
         "tiny-classifier",
     ]
     assert not ModelVersion.objects.filter(model__owner__isnull=False).exists()
+
+
+def test_every_demo_tenant_is_on_a_band_and_its_month_can_be_invoiced(demo_dirs):
+    from billing.invoicing import month_of, refresh_draft
+    from billing.models import Subscription, UsageBatch, UsageRecord
+
+    seed(**demo_dirs)
+    now = timezone.now()
+    batch = UsageBatch.objects.create(
+        node_uid="nd-demo", batch_seq=1, region="eu-west", node_class="nano",
+        created_at=now, digest="x", raw=b"",
+    )  # fmt: skip
+    for tenant in Tenant.objects.all():
+        assert Subscription.objects.current().filter(tenant=tenant).exists()
+        for grade in ("tiny", "medium", "large"):
+            for served_by, reason in (("local", ""), ("regional", "capacity")):
+                UsageRecord.objects.create(
+                    batch=batch, tenant=tenant, node_uid="nd-demo", region="eu-west",
+                    node_class="nano", model="m", version="1", grade=grade, served_by=served_by,
+                    offload_reason=reason, minute=now.replace(second=0, microsecond=0),
+                    received_at=now, count=10_000, le_10ms=10_000,
+                )  # fmt: skip
+
+        draft = refresh_draft(tenant, *month_of(tenant, now), now=now)
+
+        assert draft.band and draft.total > 0
+        assert draft.lines.filter(kind="quality_credit").count() == 3
