@@ -822,23 +822,30 @@ def test_a_float_is_never_money(value, currency):
 
 @settings(max_examples=300, deadline=None)
 @given(year=st.integers(1971, 2099), month=st.integers(1, 12), zone=st.sampled_from(ZONES))
-def test_a_month_runs_from_local_midnight_on_the_first_to_the_next_first(year, month, zone):
+def test_a_month_runs_from_the_first_local_instant_of_the_month_to_the_next(year, month, zone):
     start, end = month_bounds(year, month, zone)
     tz = ZoneInfo(zone)
     local_start, local_end = start.astimezone(tz), end.astimezone(tz)
+    just_before = (start - timedelta(microseconds=1)).astimezone(tz)
+    last_instant = (end - timedelta(microseconds=1)).astimezone(tz)
 
     assert start.tzinfo is UTC and end.tzinfo is UTC
     assert (local_start.year, local_start.month, local_start.day) == (year, month, 1)
-    assert (local_start.hour, local_start.minute, local_end.day) == (0, 0, 1)
-    assert (end - timedelta(microseconds=1)).astimezone(tz).day == calendar.monthrange(year, month)[
-        1
-    ]
+    assert (just_before.month, just_before.day) != (month, 1)
+    assert (last_instant.month, last_instant.day) == (month, calendar.monthrange(year, month)[1])
     following = (year + 1, 1) if month == 12 else (year, month + 1)
     assert month_bounds(*following, zone)[0] == end
-    # Wall-clock days, less whatever the clocks moved forward in between.
-    days = calendar.monthrange(year, month)[1]
-    shift = local_end.utcoffset() - local_start.utcoffset()
-    assert end - start == timedelta(days=days) - shift
+    # The wall clocks' difference, less whatever the clocks moved forward in between.
+    walls = local_end.replace(tzinfo=None) - local_start.replace(tzinfo=None)
+    assert end - start == walls - (local_end.utcoffset() - local_start.utcoffset())
+
+
+def test_a_month_whose_midnight_never_happened_starts_when_the_clocks_jumped():
+    # Kathmandu went from +5:30 to +5:45 at midnight on 1 January 1986: 00:00 became 00:15.
+    start, _ = month_bounds(1986, 1, "Asia/Kathmandu")
+
+    assert start == datetime(1985, 12, 31, 18, 30, tzinfo=UTC)
+    assert start.astimezone(ZoneInfo("Asia/Kathmandu")).strftime("%H:%M") == "00:15"
 
 
 @settings(max_examples=200, deadline=None)
