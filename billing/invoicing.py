@@ -317,6 +317,11 @@ def finalise_invoice(invoice: Invoice, *, acting_user=None, now: datetime | None
             at=now,
             detail={"number": invoice.number, "total": str(invoice.total)},
         )
+        if settings.STRIPE_API_KEY:
+            from billing.tasks import sync_invoice_task
+
+            invoice_id = invoice.pk
+            transaction.on_commit(lambda: sync_invoice_task.delay(invoice_id))
     return invoice
 
 

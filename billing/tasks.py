@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from billing.ingest import refresh_rollups
+from billing.stripe_gateway import StripeUnavailable
 
 
 @shared_task
@@ -23,3 +24,18 @@ def refresh_drafts_task() -> int:
     from billing.invoicing import draft_all
 
     return draft_all()
+
+
+@shared_task(
+    autoretry_for=(StripeUnavailable,),
+    retry_backoff=2,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=12,
+)
+def sync_invoice_task(invoice_id: int) -> str:
+    """Push a finalised invoice to Stripe; retried with backoff while Stripe is unavailable."""
+    from billing.stripe_sync import sync_invoice
+
+    invoice = sync_invoice(invoice_id)
+    return invoice.stripe_invoice_id or invoice.stripe_error or "local"

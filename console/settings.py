@@ -212,6 +212,8 @@ CELERY_BEAT_SCHEDULE = {
 PROMETHEUS_URL = env_url("PROMETHEUS_URL")
 STRIPE_API_KEY = env_str("STRIPE_API_KEY")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+# Where the Stripe API is (tests point it at tests/fakestripe.py); None: Stripe's own.
+STRIPE_API_BASE = env_url("STRIPE_API_BASE")
 if STRIPE_API_KEY and not STRIPE_WEBHOOK_SECRET:
     raise ImproperlyConfigured("STRIPE_WEBHOOK_SECRET is required when STRIPE_API_KEY is set")
 

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from billing.webhooks import stripe_webhook
 from console import views
 from console.api import api
 from fleet import bundle_urls, deployment_urls, policy_urls
@@ -23,6 +24,7 @@ urlpatterns = [
     ),
     path("portal/", include("billing.urls")),
     path("finance/", include("billing.finance_urls")),
+    path("billing/stripe/webhook", stripe_webhook, name="stripe_webhook"),
     path("api/v1/", api.urls),
     path("admin/", admin.site.urls),
 ]

@@ -19,6 +19,7 @@ from billing.models.invoices import (
     InvoiceLine,
     InvoiceNumber,
     InvoiceTransitionError,
+    StripeEvent,
 )
 from billing.models.plans import (
     BandTerms,
@@ -50,6 +51,7 @@ __all__ = [
     "InvoiceNumber",
     "InvoiceTransitionError",
     "LatencyBand",
+    "StripeEvent",
     "Subscription",
     "TaxRate",
     "LATENCY_COLUMNS",

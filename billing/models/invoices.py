@@ -182,3 +182,22 @@ class InvoiceNumber(models.Model):
         counter.last += 1
         counter.save(update_fields=["last"])
         return f"{at.year}-{counter.last:06d}"
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event, once: the id is the deduplication key, stored in the same
+    transaction as its effect (billing/stripe_sync.py), so a replay changes nothing."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=255, blank=True)
+    created = models.DateTimeField(help_text="When Stripe created the event")
+    received_at = models.DateTimeField(default=timezone.now)
+    # What the console did with it, for people: "invoice 2026-000042 paid", "ignored".
+    outcome = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} ({self.type})"
