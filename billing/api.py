@@ -76,3 +76,23 @@ def create_token(
     # A bearer credential: no cache may keep it (RFC 6749 §5.1).
     response["Cache-Control"] = "no-store"
     return issue_tenant_token(api_key.tenant, ttl_s, api_key=api_key)
+
+
+class ConsoleKeyOut(protocol.WireModel):
+    key_id: str
+    public_key: str
+
+
+keys_router = Router(tags=["keys"], auth=None)
+
+
+@keys_router.get(
+    "",
+    response={200: ConsoleKeyOut},
+    summary="The console's Ed25519 public key: verifies bundles, tokens and alert webhooks",
+)
+def console_key(request: HttpRequest):
+    public = console_private_key().public_key()
+    return ConsoleKeyOut(
+        key_id=protocol.key_id(public), public_key=protocol.public_key_to_b64(public)
+    )

@@ -403,8 +403,9 @@ def forecast(invoice: Invoice, now: datetime) -> Decimal:
     return quantize(net * (1 + rate), invoice.currency)
 
 
-def draft_all(*, now: datetime | None = None) -> int:
-    """Refresh every tenant's draft of its current month (the beat task)."""
+def draft_all(*, now: datetime | None = None, after_each=None) -> int:
+    """Refresh every tenant's draft of its current month (the beat task); `after_each(tenant,
+    now=...)` runs after each refresh (the budget check)."""
     now = now or timezone.now()
     count = 0
     for tenant in Tenant.objects.all():
@@ -414,5 +415,7 @@ def draft_all(*, now: datetime | None = None) -> int:
         except InvoicingError as exc:
             log.warning("draft not refreshed: %s", exc)
             continue
+        if after_each is not None:
+            after_each(tenant, now=now)
         count += 1
     return count

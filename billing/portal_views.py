@@ -5,9 +5,11 @@ member's own tenant (tenant_member_required)."""
 from __future__ import annotations
 
 from django.db.models import Sum
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
+from billing.alerts import month_alerts
 from billing.choices import InvoiceStatus
 from billing.invoicing import P95_BEYOND, forecast, month_of
 from billing.models import Invoice, Membership, UsageHourly
@@ -56,6 +58,7 @@ def billing_home(request, membership: Membership):
         "local": local,
         "regional": regional,
         "p95_beyond": P95_BEYOND,
+        "alerts": month_alerts(tenant, now),
         "invoices": Invoice.objects.for_tenant(tenant).settled_or_open().order_by("-period_start"),
     }
     return render(request, "portal/billing.html", context)
@@ -71,3 +74,16 @@ def invoice_detail(request, membership: Membership, pk: int):
         "portal/invoice.html",
         {"membership": membership, "tenant": membership.tenant, "invoice": invoice},
     )
+
+
+@tenant_member_required
+def invoice_download(request, membership: Membership, pk: int):
+    from billing.pdf import invoice_pdf
+
+    invoice = get_object_or_404(
+        Invoice.objects.for_tenant(membership.tenant).select_related("tenant"), pk=pk
+    )
+    name = invoice.number or f"draft-{membership.tenant.slug}-{invoice.label}"
+    response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="invoice-{name}.pdf"'
+    return response

@@ -21,9 +21,10 @@ def refresh_usage_rollups_task() -> int:
 @shared_task
 def refresh_drafts_task() -> int:
     """Bring every tenant's draft of its current month up to date; returns how many."""
+    from billing.alerts import check_budget
     from billing.invoicing import draft_all
 
-    return draft_all()
+    return draft_all(after_each=check_budget)
 
 
 @shared_task(
@@ -39,3 +40,13 @@ def sync_invoice_task(invoice_id: int) -> str:
 
     invoice = sync_invoice(invoice_id)
     return invoice.stripe_invoice_id or invoice.stripe_error or "local"
+
+
+@shared_task(max_retries=0)
+def deliver_alert_task(alert_id: int) -> str:
+    """Email and webhook of one spending alert (what was sent is recorded on the alert)."""
+    from billing.alerts import deliver
+    from billing.models import SpendingAlert
+
+    alert = deliver(SpendingAlert.objects.select_related("tenant").get(pk=alert_id))
+    return alert.webhook_result or alert.emailed_to or "nothing to send"

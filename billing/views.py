@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django_tables2 import RequestConfig
 
+from billing.alerts import month_alerts
 from billing.choices import MemberRole, PriceGrade, Serving
 from billing.filters import PriceFilter, TenantFilter
 from billing.forms import ApiKeyForm, PriceForm
@@ -43,6 +44,7 @@ def portal_home(request, membership: Membership):
         "tenant": tenant,
         "members": tenant.memberships.select_related("user").order_by("user__username"),
         "active_keys": tenant.api_keys.active().count(),
+        "alerts": month_alerts(tenant),
     }
     return render(request, "portal/home.html", context)
 

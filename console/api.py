@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from billing.api import tokens_router
+from billing.api import keys_router, tokens_router
 from billing.prices_api import prices_router
 from fleet.api import deployments_router, fleet_router, models_router, node_router
 from fleet.policy_api import policy_router
@@ -53,5 +53,6 @@ api.add_router("/fleet", fleet_router)
 api.add_router("/models", models_router)
 api.add_router("/deployments", deployments_router)
 api.add_router("/tokens", tokens_router)
+api.add_router("/keys", keys_router)
 api.add_router("/prices", prices_router)
 api.add_router("/policy", policy_router)

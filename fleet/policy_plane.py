@@ -28,6 +28,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Prefetch
 from django.utils import timezone
 
+from billing.alerts import exhausted_tenants
 from billing.models import IssuedToken, Price, Tenant
 from billing.signing import console_private_key
 from fleet import bundles
@@ -70,7 +71,11 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
     the fleet (one per kind of input)."""
     now = now or timezone.now()
     policies = {p.tenant_id: p for p in TenantPolicy.objects.all()}
-    tenants = [_tenant_rules(t, policies.get(t.pk)) for t in Tenant.objects.order_by("slug")]
+    spent = exhausted_tenants(now)
+    tenants = [
+        _tenant_rules(t, policies.get(t.pk), exhausted=t.slug in spent)
+        for t in Tenant.objects.order_by("slug")
+    ]
     members = Prefetch("nodes", queryset=Node.objects.select_related("region").order_by("name"))
     pools = {
         pool.region_id: pool
@@ -123,7 +128,9 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
     )
 
 
-def _tenant_rules(tenant: Tenant, policy: TenantPolicy | None) -> TenantRules:
+def _tenant_rules(
+    tenant: Tenant, policy: TenantPolicy | None, *, exhausted: bool = False
+) -> TenantRules:
     values = policy.values() if policy is not None else dict(POLICY_DEFAULTS)
     return TenantRules(
         slug=tenant.slug,
@@ -134,6 +141,7 @@ def _tenant_rules(tenant: Tenant, policy: TenantPolicy | None) -> TenantRules:
         currency=tenant.currency,
         sensitive_fields=list(values["sensitive_fields"]),
         on_budget_exhausted=values["on_budget_exhausted"],
+        budget_exhausted=exhausted,
         fail_closed_after_s=values["fail_closed_after_s"],
         rate_limit_per_s=values.get("rate_limit_per_s"),
     )

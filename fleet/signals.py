@@ -15,6 +15,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from billing.models import IssuedToken, Price, Tenant
+from billing.signals import budget_state_changed
 from fleet.models import (
     AcceleratorPool,
     BundleRequest,
@@ -32,6 +33,12 @@ def request_publish(reason: str) -> None:
 
     BundleRequest.objects.create(reason=reason[:200])
     transaction.on_commit(lambda: publish_bundle_task.delay([]))
+
+
+@receiver(budget_state_changed)
+def _budget_changed(sender, tenant: Tenant, exhausted: bool, **kwargs) -> None:
+    state = "spent" if exhausted else "no longer spent"
+    request_publish(f"monthly budget of {tenant.slug} {state}")
 
 
 @receiver(post_save, sender=TenantPolicy)

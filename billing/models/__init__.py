@@ -1,5 +1,5 @@
 """Billing's models: accounts (accounts.py), the price book (prices.py), the usage ledger
-(usage.py), commitments (plans.py) and invoices (invoices.py)."""
+(usage.py), commitments (plans.py), invoices (invoices.py) and spending alerts (alerts.py)."""
 
 from billing.models.accounts import (
     API_KEY_PREFIX,
@@ -13,6 +13,7 @@ from billing.models.accounts import (
     validate_not_reserved,
     validate_time_zone,
 )
+from billing.models.alerts import AlertKind, BudgetStatus, SpendingAlert
 from billing.models.invoices import (
     Invoice,
     InvoiceEvent,
@@ -41,6 +42,9 @@ from billing.models.usage import (
 )
 
 __all__ = [
+    "AlertKind",
+    "BudgetStatus",
+    "SpendingAlert",
     "BandTerms",
     "FeatureActivation",
     "FeatureBundle",

@@ -9,87 +9,12 @@ import pytest
 
 from billing.invoicing import InvoicingError, finalise_invoice, refresh_draft
 from billing.models import (
-    BandTerms,
     Invoice,
     InvoiceTransitionError,
-    LatencyBand,
-    Price,
-    Subscription,
-    TaxRate,
     Tenant,
-    UsageBatch,
-    UsageRecord,
 )
 from inference import protocol
-
-# acme's months are Berlin months: November 2026 is [Oct 31 23:00 UTC, Nov 30 23:00 UTC).
-NOV = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
-DEC = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
-AFTER_NOV = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def prices(db):
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    book = {
-        ("tiny", "local"): "0.05",
-        ("tiny", "regional"): "0.12",
-        ("medium", "local"): "0.40",
-        ("medium", "regional"): "0.90",
-        ("large", "local"): "2.00",
-        ("large", "regional"): "3.00",
-    }
-    for (grade, serving), per_1000 in book.items():
-        Price.objects.create(
-            grade=grade, serving=serving, currency="EUR", per_1000=Decimal(per_1000),
-            effective_from=start,
-        )  # fmt: skip
-
-
-@pytest.fixture
-def silver(db):
-    band = LatencyBand.objects.create(slug="silver", name="Silver", position=2)
-    BandTerms.objects.create(
-        band=band, currency="EUR", effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-        p95_target_ms=100, monthly_fee=Decimal("49.00"), included_inferences=1000,
-        overage_tiny=Decimal("0.04"), overage_medium=Decimal("0.30"), overage_large=Decimal("1.50"),
-        sla_credit_percent=Decimal(10), tenant_quality_credit_percent=Decimal(50),
-    )  # fmt: skip
-    return band
-
-
-@pytest.fixture
-def acme_on_silver(acme, silver, prices):
-    Tenant.objects.filter(pk=acme.pk).update(jurisdiction="DE")
-    TaxRate.objects.create(
-        jurisdiction="DE", name="VAT 19 %", rate=Decimal("0.19"),
-        effective_from=datetime(2020, 1, 1, tzinfo=UTC),
-    )  # fmt: skip
-    Subscription.objects.create(
-        tenant=acme, band=silver, starts_at=datetime(2026, 1, 1, tzinfo=UTC)
-    )
-    acme.refresh_from_db()
-    return acme
-
-
-_seq = iter(range(1, 100_000))
-
-
-def served(
-    tenant, minute, count, *, received, grade="tiny", served_by="local", reason="", fast=True
-):
-    """`count` inferences at `minute`, as a node's batch received at `received`."""
-    batch = UsageBatch.objects.create(
-        node_uid="nd-1", batch_seq=next(_seq), region="eu-west", node_class="nano",
-        created_at=minute, received_at=received, digest="x", raw=b"",
-    )  # fmt: skip
-    latency = {"le_10ms" if fast else "le_250ms": count}
-    return UsageRecord.objects.create(
-        batch=batch, tenant=tenant, node_uid="nd-1", region="eu-west", node_class="nano",
-        model="tiny-classifier", version="1", grade=grade, served_by=served_by,
-        offload_reason=reason, minute=minute.replace(second=0, microsecond=0),
-        received_at=received, count=count, **latency,
-    )  # fmt: skip
+from tests.billing.usage_rows import AFTER_NOV, DEC, NOV, served
 
 
 def lines(invoice):
@@ -229,6 +154,9 @@ def test_a_member_sees_only_their_own_tenants_invoices(client, carol, acme_on_si
     client.force_login(carol)
 
     assert client.get(f"/portal/acme/invoices/{ours.pk}/").status_code == 200
+    pdf = client.get(f"/portal/acme/invoices/{ours.pk}/pdf/")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert client.get(f"/portal/acme/invoices/{theirs.pk}/pdf/").status_code == 404
     assert client.get(f"/portal/acme/invoices/{theirs.pk}/").status_code == 404
     assert client.get(f"/portal/globex/invoices/{theirs.pk}/").status_code == 404
     assert ours.number in client.get("/portal/acme/billing/").content.decode()
