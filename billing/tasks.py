@@ -50,3 +50,13 @@ def deliver_alert_task(alert_id: int) -> str:
 
     alert = deliver(SpendingAlert.objects.select_related("tenant").get(pk=alert_id))
     return alert.webhook_result or alert.emailed_to or "nothing to send"
+
+
+# Acknowledged only when done: a worker killed mid-run leaves the message to be delivered
+# again, and the run finalises what is left (billing/closing.py).
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def close_month_task(run_id: int) -> str:
+    from billing.closing import run_close
+
+    run = run_close(run_id)
+    return f"{run.done} finalised, {run.failed} failed of {run.total}"

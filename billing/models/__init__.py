@@ -15,6 +15,7 @@ from billing.models.accounts import (
 )
 from billing.models.alerts import AlertKind, BudgetStatus, SpendingAlert
 from billing.models.invoices import (
+    CloseRun,
     Invoice,
     InvoiceEvent,
     InvoiceLine,
@@ -42,6 +43,7 @@ from billing.models.usage import (
 )
 
 __all__ = [
+    "CloseRun",
     "AlertKind",
     "BudgetStatus",
     "SpendingAlert",

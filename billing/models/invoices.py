@@ -201,3 +201,38 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} ({self.type})"
+
+
+class CloseRun(models.Model):
+    """Finance closing a month: every draft of it finalised by a Celery job whose progress
+    the close page shows. Re-running it is safe (finalising is idempotent per invoice)."""
+
+    year = models.PositiveSmallIntegerField()
+    month = models.PositiveSmallIntegerField()
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    # The drafts the run is to finalise; `done` is recounted from them, so a run killed
+    # between finalising an invoice and counting it still ends up exact.
+    invoice_ids = models.JSONField(default=list, blank=True)
+    # "<tenant>: why" for each invoice that could not be finalised.
+    problems = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"close of {self.year}-{self.month:02d} ({self.done}/{self.total})"
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else round(100 * (self.done + self.failed) / self.total)
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None

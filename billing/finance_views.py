@@ -1,0 +1,72 @@
+"""The finance view: close a month (every tenant's draft with its anomalies, refresh, finalise
+in bulk with visible progress), Stripe sync status, and the month's invoices."""
+
+from __future__ import annotations
+
+import re
+
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_POST
+
+from billing import stripe_sync
+from billing.closing import close_rows, month_totals, refresh_month, start_close
+from billing.invoicing import previous_month
+from billing.models import CloseRun
+from billing.roles import finance_required
+
+MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def _month(request) -> tuple[int, int]:
+    """?month=YYYY-MM, default the month before this one (UTC): the one to close."""
+    match = MONTH.match(request.GET.get("month") or request.POST.get("month") or "")
+    if match and 1 <= int(match[2]) <= 12:
+        return int(match[1]), int(match[2])
+    now = timezone.now()
+    return previous_month(now.year, now.month)
+
+
+@finance_required
+def close(request):
+    year, month = _month(request)
+    run = CloseRun.objects.filter(year=year, month=month).first()
+    context = {
+        "year": year,
+        "month": month,
+        "label": f"{year}-{month:02d}",
+        "previous_label": "{}-{:02d}".format(*previous_month(year, month)),
+        "next_label": f"{year + (month == 12)}-{month % 12 + 1:02d}",
+        "rows": close_rows(year, month),
+        "run": run,
+        "totals": month_totals(year, month),
+        "stripe": stripe_sync.enabled(),
+    }
+    partial = request.headers.get("HX-Request") == "true"
+    response = render(
+        request, "finance/_close_live.html" if partial else "finance/close.html", context
+    )
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@finance_required
+@require_POST
+def close_action(request):
+    year, month = _month(request)
+    label = f"{year}-{month:02d}"
+    if request.POST.get("action") == "refresh":
+        count = refresh_month(year, month)
+        messages.success(request, f"{count} draft(s) of {label} refreshed.")
+    elif request.POST.get("action") == "finalise":
+        run = start_close(year, month, acting_user=request.user)
+        if run.total:
+            messages.success(request, f"Finalising {run.total} draft(s) of {label}…")
+        else:
+            messages.info(request, f"No draft of {label} is left to finalise.")
+    else:
+        messages.error(request, "Unknown action: refresh or finalise.")
+    return redirect(f"{reverse('finance:close')}?month={label}")
