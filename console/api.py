@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from billing.account_api import invoices_router, usage_router
 from billing.api import keys_router, tokens_router
 from billing.prices_api import prices_router
 from fleet.api import deployments_router, fleet_router, models_router, node_router
@@ -54,5 +55,7 @@ api.add_router("/models", models_router)
 api.add_router("/deployments", deployments_router)
 api.add_router("/tokens", tokens_router)
 api.add_router("/keys", keys_router)
+api.add_router("/usage", usage_router)
+api.add_router("/invoices", invoices_router)
 api.add_router("/prices", prices_router)
 api.add_router("/policy", policy_router)
