@@ -27,7 +27,7 @@ from django.utils import timezone
 from billing.choices import MemberRole
 from billing.models import ApiKey, Membership, Price, Tenant
 from billing.roles import FINANCE_GROUP
-from console.demo.billing_seed import seed_billing
+from console.demo.billing_seed import seed_billing, seed_usage_history
 from fleet.models import EnrollmentToken, Node, NodeClass, Region
 from inference.agent import IDENTITY_FILE, IdentityError, load_identity
 from inference.protocol import hash_secret
@@ -300,6 +300,7 @@ def seed(
         )
         seed_policies(report)
         seed_billing(report)
+        seed_usage_history(report)
     return report
 
 
@@ -335,13 +336,16 @@ def _seed_tenants(report: SeedReport) -> None:
 
 
 def seed_prices(report: SeedReport, *, now: datetime | None = None) -> None:
-    """The demo prices (EUR, and USD and JPY for the tenants billed in them) from the start of this month
-    (UTC), and the scheduled EUR change from the 1st of next month. A (grade, serving,
+    """The demo prices (EUR, and USD and JPY for the tenants billed in them) from just before
+    last month (UTC), and the scheduled EUR change from the 1st of next month. A (grade, serving,
     currency) that already has any price is left alone: the price book is the operators' once
     it exists, and a run in a later month adds nothing."""
     now = now or timezone.now()
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     next_month = (month_start + timedelta(days=32)).replace(day=1)
+    # From before last month began in any time zone: the demo's usage history of last month
+    # (billing_seed.seed_usage_history) is priced too.
+    since = (month_start - timedelta(days=1)).replace(day=1) - timedelta(days=2)
     (scheduled_key, scheduled_price, scheduled_note) = SCHEDULED_PRICE
     books = [(PRICE_CURRENCY, PRICES), ("USD", PRICES_USD), ("JPY", PRICES_JPY)]
     for currency, (grade, serving), per_1000 in (
@@ -350,9 +354,7 @@ def seed_prices(report: SeedReport, *, now: datetime | None = None) -> None:
         key = {"grade": grade, "serving": serving, "currency": currency}
         if Price.objects.filter(**key).exists():
             continue
-        Price.objects.create(
-            **key, per_1000=per_1000, effective_from=month_start, note="demo price"
-        )
+        Price.objects.create(**key, per_1000=per_1000, effective_from=since, note="demo price")
         report.note(f"created price {grade}/{serving} {currency} {per_1000} per 1,000")
         if currency == PRICE_CURRENCY and (grade, serving) == scheduled_key:
             Price.objects.create(

@@ -296,3 +296,22 @@ def test_every_demo_tenant_is_on_a_band_and_its_month_can_be_invoiced(demo_dirs)
 
         assert draft.band and draft.total > 0
         assert draft.lines.filter(kind="quality_credit").count() == 3
+
+
+def test_the_demo_has_last_month_to_close_with_an_sla_credit_for_globex(demo_dirs):
+    from billing.closing import close_rows
+    from billing.invoicing import month_of, previous_month
+    from billing.models import Invoice
+
+    seed(**demo_dirs)
+    seed(**demo_dirs)  # a second run writes no more history
+
+    drafts = {i.tenant.slug: i for i in Invoice.objects.select_related("tenant")}
+    assert set(drafts) == {"acme", "globex", "nakamura"}
+    globex = drafts["globex"]
+    assert (globex.year, globex.month) == previous_month(*month_of(globex.tenant, timezone.now()))
+    assert globex.p95_ms == 50.0 and globex.lines.filter(kind="sla_credit").exists()
+    assert drafts["acme"].lines.filter(kind="quality_credit").exists()
+    assert not drafts["acme"].lines.filter(kind="sla_credit").exists()
+    rows = close_rows(globex.year, globex.month)
+    assert len(rows) == 3
