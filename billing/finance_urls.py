@@ -8,5 +8,6 @@ urlpatterns = [
     path("prices/", views.prices, name="prices"),
     path("close/", finance_views.close, name="close"),
     path("close/run/", finance_views.close_action, name="close_action"),
+    path("exports/", finance_views.exports, name="exports"),
     path("prices/<int:pk>/delete/", views.delete_price, name="delete_price"),
 ]

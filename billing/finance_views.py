@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from django.contrib import messages
+from django.http import HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -14,8 +15,9 @@ from django.views.decorators.http import require_POST
 
 from billing import stripe_sync
 from billing.closing import close_rows, month_totals, refresh_month, start_close
+from billing.exports import EXPORTS, FORMATS, ExportError, Period, Scope
 from billing.invoicing import previous_month
-from billing.models import CloseRun
+from billing.models import CloseRun, Tenant
 from billing.roles import finance_required
 
 MONTH = re.compile(r"^(\d{4})-(\d{2})$")
@@ -70,3 +72,43 @@ def close_action(request):
     else:
         messages.error(request, "Unknown action: refresh or finalise.")
     return redirect(f"{reverse('finance:close')}?month={label}")
+
+
+def stream_export(request, scope: Scope, *, tenant: Tenant | None = None):
+    """The export a query string asks for (?kind=&format=&from=YYYY-MM&to=YYYY-MM), streamed;
+    a 400 that says what is wrong otherwise."""
+    kind = EXPORTS.get(request.GET.get("kind", ""))
+    if kind is None:
+        return HttpResponseBadRequest(f"kind must be one of {', '.join(EXPORTS)}")
+    try:
+        period = Period.parse(request.GET.get("from", ""), request.GET.get("to") or None)
+        export = kind.build(
+            period, scope=scope, fmt=request.GET.get("format", "csv"), tenant=tenant
+        )
+    except ExportError as exc:
+        return HttpResponseBadRequest(str(exc))
+    response = StreamingHttpResponse(export.chunks, content_type=export.content_type)
+    response["Content-Disposition"] = f'attachment; filename="{export.filename}"'
+    return response
+
+
+@finance_required
+def exports(request):
+    if "kind" in request.GET:
+        tenant = None
+        if request.GET.get("tenant"):
+            tenant = Tenant.objects.filter(slug=request.GET["tenant"]).first()
+            if tenant is None:
+                return HttpResponseBadRequest(f"no tenant {request.GET['tenant']!r}")
+        return stream_export(request, Scope.finance(), tenant=tenant)
+    year, month = _month(request)
+    return render(
+        request,
+        "finance/exports.html",
+        {
+            "kinds": EXPORTS.values(),
+            "formats": FORMATS,
+            "default_month": f"{year}-{month:02d}",
+            "tenants": Tenant.objects.order_by("name"),
+        },
+    )

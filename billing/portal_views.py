@@ -59,6 +59,7 @@ def billing_home(request, membership: Membership):
         "regional": regional,
         "p95_beyond": P95_BEYOND,
         "alerts": month_alerts(tenant, now),
+        "month_label": f"{year}-{month:02d}",
         "invoices": Invoice.objects.for_tenant(tenant).settled_or_open().order_by("-period_start"),
     }
     return render(request, "portal/billing.html", context)
@@ -87,3 +88,12 @@ def invoice_download(request, membership: Membership, pk: int):
     response = HttpResponse(invoice_pdf(invoice), content_type="application/pdf")
     response["Content-Disposition"] = f'attachment; filename="invoice-{name}.pdf"'
     return response
+
+
+@tenant_member_required
+def portal_export(request, membership: Membership):
+    """The member's own tenant's invoices, lines or usage, as CSV or XLSX."""
+    from billing.exports import Scope
+    from billing.finance_views import stream_export
+
+    return stream_export(request, Scope.of(membership.tenant), tenant=membership.tenant)

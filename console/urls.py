@@ -23,6 +23,7 @@ urlpatterns = [
         "portal/<slug:tenant>/policy/", include((policy_urls.portal_urlpatterns, "portal_policy"))
     ),
     path("portal/", include("billing.urls")),
+    path("finance/margins/", views.margins, name="margins"),
     path("finance/", include("billing.finance_urls")),
     path("billing/stripe/webhook", stripe_webhook, name="stripe_webhook"),
     path("api/v1/", api.urls),

@@ -11,7 +11,13 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
-from billing.roles import is_finance, is_operator, is_tenant_member, operator_required
+from billing.roles import (
+    finance_required,
+    is_finance,
+    is_operator,
+    is_tenant_member,
+    operator_required,
+)
 from console.charts import fleet_traffic, status_matrix
 from fleet import rates
 from fleet.charts import figure_json
@@ -73,3 +79,16 @@ def fleet_overview(request: HttpRequest) -> HttpResponse:
         "traffic_chart": figure_json(traffic.figure),
     }
     return render_live(request, "console/home.html", "console/_home_live.html", context)
+
+
+@finance_required
+def margins(request: HttpRequest) -> HttpResponse:
+    """Revenue against the node classes' cost model, per currency (fleet/margins.py)."""
+    from billing.finance_views import _month
+    from fleet.margins import margin_report
+
+    year, month = _month(request)
+    report = margin_report(year, month, include_drafts=request.GET.get("drafts") == "1")
+    return render(
+        request, "finance/margins.html", {"report": report, "label": f"{year}-{month:02d}"}
+    )
