@@ -4,15 +4,17 @@ member's own tenant (tenant_member_required)."""
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.db.models import Sum
-from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import HttpResponse, HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from billing.alerts import month_alerts
-from billing.choices import InvoiceStatus
+from billing.choices import InvoiceStatus, MemberRole
 from billing.invoicing import P95_BEYOND, forecast, month_of
-from billing.models import Invoice, Membership, UsageHourly
+from billing.models import FeatureActivation, FeatureBundle, Invoice, Membership, UsageHourly
 from billing.roles import tenant_member_required
 
 CREDIT_KINDS = ("quality_credit", "sla_credit")
@@ -60,6 +62,8 @@ def billing_home(request, membership: Membership):
         "p95_beyond": P95_BEYOND,
         "alerts": month_alerts(tenant, now),
         "month_label": f"{year}-{month:02d}",
+        "addons": addons(tenant, now),
+        "can_switch": membership.role == MemberRole.OWNER,
         "invoices": Invoice.objects.for_tenant(tenant).settled_or_open().order_by("-period_start"),
     }
     return render(request, "portal/billing.html", context)
@@ -97,3 +101,36 @@ def portal_export(request, membership: Membership):
     from billing.finance_views import stream_export
 
     return stream_export(request, Scope.of(membership.tenant), tenant=membership.tenant)
+
+
+def addons(tenant, now) -> list[dict]:
+    active = {a.bundle_id: a for a in FeatureActivation.objects.filter(tenant=tenant).current(now)}
+    return [
+        {
+            "bundle": bundle,
+            "price": bundle.price_at(tenant.currency, now),
+            "active": active.get(bundle.pk),
+        }
+        for bundle in FeatureBundle.objects.order_by("name")
+    ]
+
+
+@tenant_member_required
+@require_POST
+def switch_addon(request, membership: Membership, slug: str):
+    from billing.features import FeatureError, switch
+
+    if membership.role != MemberRole.OWNER:
+        return HttpResponseForbidden("Only the tenant's owners switch add-ons.")
+    bundle = get_object_or_404(FeatureBundle, slug=slug)
+    on = request.POST.get("on") == "1"
+    try:
+        switch(membership.tenant, bundle, on, actor=request.user)
+    except FeatureError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            f"{bundle.name} is {'on' if on else 'off'}; every node applies it within seconds.",
+        )
+    return redirect("portal:billing", tenant=membership.tenant.slug)

@@ -29,6 +29,7 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from billing.alerts import exhausted_tenants
+from billing.features import features_by_tenant
 from billing.models import IssuedToken, Price, Tenant
 from billing.signing import console_private_key
 from fleet import bundles
@@ -72,8 +73,11 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
     now = now or timezone.now()
     policies = {p.tenant_id: p for p in TenantPolicy.objects.all()}
     spent = exhausted_tenants(now)
+    unlocked = features_by_tenant(now)
     tenants = [
-        _tenant_rules(t, policies.get(t.pk), exhausted=t.slug in spent)
+        _tenant_rules(
+            t, policies.get(t.pk), exhausted=t.slug in spent, features=unlocked.get(t.pk, [])
+        )
         for t in Tenant.objects.order_by("slug")
     ]
     members = Prefetch("nodes", queryset=Node.objects.select_related("region").order_by("name"))
@@ -129,7 +133,11 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
 
 
 def _tenant_rules(
-    tenant: Tenant, policy: TenantPolicy | None, *, exhausted: bool = False
+    tenant: Tenant,
+    policy: TenantPolicy | None,
+    *,
+    exhausted: bool = False,
+    features: list[str] | None = None,
 ) -> TenantRules:
     values = policy.values() if policy is not None else dict(POLICY_DEFAULTS)
     return TenantRules(
@@ -142,6 +150,7 @@ def _tenant_rules(
         sensitive_fields=list(values["sensitive_fields"]),
         on_budget_exhausted=values["on_budget_exhausted"],
         budget_exhausted=exhausted,
+        features=features,
         fail_closed_after_s=values["fail_closed_after_s"],
         rate_limit_per_s=values.get("rate_limit_per_s"),
     )

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
-from billing.models import IssuedToken, Price, Tenant
+from billing.models import FeatureActivation, IssuedToken, Price, Tenant
 from billing.signals import budget_state_changed
 from fleet.models import (
     AcceleratorPool,
@@ -33,6 +33,12 @@ def request_publish(reason: str) -> None:
 
     BundleRequest.objects.create(reason=reason[:200])
     transaction.on_commit(lambda: publish_bundle_task.delay([]))
+
+
+@receiver(post_save, sender=FeatureActivation)
+def _feature_switched(sender, instance: FeatureActivation, **kwargs) -> None:
+    state = "off" if instance.ends_at else "on"
+    request_publish(f"{instance.bundle.name} {state} for {instance.tenant.slug}")
 
 
 @receiver(budget_state_changed)

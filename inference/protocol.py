@@ -656,6 +656,9 @@ class TenantRules(WireModel):
     # Requests per second one node admits for the tenant (a token bucket holding as many);
     # beyond it, 429 with Retry-After. None: no limit. Set by operators.
     rate_limit_per_s: int | None = Field(None, ge=1)
+    # The features the tenant's add-ons unlock (billing.FeatureBundle.features), e.g.
+    # "signals": personalisation signals in `parameters`. None: this console gates none.
+    features: list[str] | None = Field(None, max_length=50)
 
 
 class PoolNode(WireModel):

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from billing.models import (
     BandTerms,
+    FeatureActivation,
     FeatureBundle,
     FeatureBundlePrice,
     LatencyBand,
@@ -98,9 +99,11 @@ def seed_billing(report) -> None:
             )
             report.note(f"subscribed {slug} to the {band_slug} band")
     for slug, name, features, prices in FEATURE_BUNDLES:
-        bundle, _ = FeatureBundle.objects.get_or_create(
+        bundle, created = FeatureBundle.objects.get_or_create(
             slug=slug, defaults={"name": name, "features": features}
         )
+        if created:
+            report.note(f"created feature bundle {name} (unlocks {', '.join(features)})")
         for currency, price in prices.items():
             FeatureBundlePrice.objects.get_or_create(
                 bundle=bundle,
@@ -108,6 +111,11 @@ def seed_billing(report) -> None:
                 effective_from=SINCE,
                 defaults={"monthly_price": Decimal(price)},
             )
+    # acme sends its churn model personalisation signals: it has the add-on that allows them.
+    acme = Tenant.objects.filter(slug="acme").first()
+    personalisation = FeatureBundle.objects.get(slug="personalisation")
+    if acme is not None and not FeatureActivation.objects.filter(tenant=acme).exists():
+        FeatureActivation.objects.create(tenant=acme, bundle=personalisation, starts_at=SINCE)
 
 
 # Last month's usage, so finance has a month to close in the demo: per tenant, hour and model,
