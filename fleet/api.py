@@ -70,6 +70,8 @@ from fleet.schemas import (
 from inference import protocol
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A full batch (protocol.USAGE_MAX_RECORDS records) of the longest names is ~3 MB.
+USAGE_MAX_BODY_BYTES = 8 * 2**20
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
 
 
@@ -143,7 +145,12 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
 @node_router.post(
     "/usage",
     auth=NodeCredentialAuth(),
-    response={200: protocol.UsageAck, 400: protocol.ErrorBody, 403: protocol.ErrorBody},
+    response={
+        200: protocol.UsageAck,
+        400: protocol.ErrorBody,
+        403: protocol.ErrorBody,
+        413: protocol.ErrorBody,
+    },
     summary="Upload a batch of usage records; a batch seen before is acknowledged, not counted",
     openapi_extra=request_body(protocol.UsageBatch),
 )
@@ -152,8 +159,16 @@ def upload_usage(request: HttpRequest):
     # the rest of its batch counts, so records are validated one by one (billing/ingest.py).
     node: Node = request.auth
     facts = NodeFacts(node.uid, node.region.code, node.node_class.name)
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > USAGE_MAX_BODY_BYTES:
+        return Status(413, {"error": f"a usage batch is at most {USAGE_MAX_BODY_BYTES} bytes"})
+    # request.read(), not request.body: Django caps the latter at DATA_UPLOAD_MAX_MEMORY_SIZE
+    # (2.5 MB), and a full batch of long model names is larger; the cap is ours, above.
+    body = request.read(USAGE_MAX_BODY_BYTES + 1)
+    if len(body) > USAGE_MAX_BODY_BYTES:
+        return Status(413, {"error": f"a usage batch is at most {USAGE_MAX_BODY_BYTES} bytes"})
     try:
-        return ingest_batch(request.body, facts, known_served_versions)
+        return ingest_batch(body, facts, known_served_versions)
     except BatchRejected as exc:
         return Status(exc.status, {"error": str(exc)})
 

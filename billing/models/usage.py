@@ -116,9 +116,19 @@ class UsageBatch(models.Model):
 
 
 class UsageRecord(UsageKey, UsageFacts):
-    """One node's inferences for one tenant, model version, serving and minute."""
+    """One node's inferences for one tenant, model version, serving and minute.
 
-    batch = models.ForeignKey(UsageBatch, on_delete=models.PROTECT, related_name="records")
+    Its two foreign keys are not database constraints: ingest writes the batch and looks the
+    tenants up in the same transaction as the records (billing/ingest.py), and the per-row
+    checks were the largest part of PostgreSQL's cost of a COPY (bench/ingest.py). Django's
+    PROTECT still refuses to delete a tenant or batch with records."""
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
+    batch = models.ForeignKey(
+        UsageBatch, on_delete=models.PROTECT, related_name="records", db_constraint=False
+    )
     node_uid = models.CharField(max_length=40)
     minute = models.DateTimeField()
     received_at = models.DateTimeField()

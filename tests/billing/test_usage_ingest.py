@@ -303,3 +303,38 @@ def test_concurrent_uploads_of_one_batch_count_it_once(edge, acme, tiny_classifi
     assert sorted(outcomes) == ["duplicate"] * 5 + ["stored"]
     assert billed(acme) == 50 * 30
     assert UsageRecord.objects.count() == 50
+
+
+def test_a_full_batch_of_long_names_is_taken_whatever_djangos_upload_cap(
+    client, edge, acme, tiny_classifier, settings
+):
+    from fleet.models import Model, ModelVersion
+
+    long_name = "m" * 100
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000_000  # a full batch can exceed the cap
+    ModelVersion.objects.create(
+        model=Model.objects.create(name=long_name), version=1, sha256="cd" * 32, size_bytes=1,
+        opset=17, status="graded", grade="tiny",
+    )  # fmt: skip
+    records = [
+        record(
+            model=long_name, minute=(MINUTE + timedelta(minutes=i % 50)).isoformat(), version="1"
+        )
+        for i in range(protocol.USAGE_MAX_RECORDS)
+    ]
+    body = batch(edge, 1, records)
+    assert len(body) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+    response = upload(client, edge, body)
+
+    assert response.status_code == 200, response.content[:300]
+    assert response.json()["accepted"] == protocol.USAGE_MAX_RECORDS
+
+
+def test_a_body_beyond_the_usage_cap_is_refused_unread(client, edge):
+    from fleet.api import USAGE_MAX_BODY_BYTES
+
+    response = upload(client, edge, b" " * (USAGE_MAX_BODY_BYTES + 1))
+
+    assert response.status_code == 413
+    assert "at most" in response.json()["error"]
