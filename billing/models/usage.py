@@ -126,18 +126,21 @@ class UsageRecord(UsageKey, UsageFacts):
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
     )
+    # Not indexed either: the ledger is read by tenant and minute, and a batch's records
+    # only by an auditor, rarely (each index is a per-row cost of every upload).
     batch = models.ForeignKey(
-        UsageBatch, on_delete=models.PROTECT, related_name="records", db_constraint=False
+        UsageBatch,
+        on_delete=models.PROTECT,
+        related_name="records",
+        db_constraint=False,
+        db_index=False,
     )
     node_uid = models.CharField(max_length=40)
     minute = models.DateTimeField()
     received_at = models.DateTimeField()
 
     class Meta:
-        indexes = [
-            models.Index(fields=["tenant", "minute"], name="usage_tenant_minute"),
-            models.Index(fields=["minute"], name="usage_minute"),
-        ]
+        indexes = [models.Index(fields=["tenant", "minute"], name="usage_tenant_minute")]
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.model} v{self.version} {self.minute:%Y-%m-%d %H:%M}"
