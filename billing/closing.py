@@ -19,7 +19,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from billing.choices import InvoiceStatus
-from billing.invoicing import InvoicingError, finalise_invoice, previous_month, refresh_draft
+from billing.invoicing import InvoicingError, finalise_invoice, previous_month
 from billing.models import CloseRun, Invoice, QuarantinedUsage, Tenant
 
 log = logging.getLogger(__name__)
@@ -83,15 +83,14 @@ def close_rows(year: int, month: int) -> list[CloseRow]:
 
 
 def refresh_month(year: int, month: int, *, now: datetime | None = None) -> int:
-    """Bring every tenant's draft of the month up to date (creating missing ones)."""
-    count = 0
-    for tenant in Tenant.objects.all():
-        try:
-            refresh_draft(tenant, year, month, now=now)
-            count += 1
-        except InvoicingError as exc:
-            log.warning("close: %s", exc)
-    return count
+    """Bring every tenant's draft of the month up to date (creating missing ones) in one
+    run (billing/billing_run.py); returns how many were rated."""
+    from billing.billing_run import refresh_month_drafts
+
+    summary = refresh_month_drafts(year, month, now=now)
+    for slug, why in summary.failed.items():
+        log.warning("close: %s: %s", slug, why)
+    return summary.rated
 
 
 def start_close(year: int, month: int, *, acting_user=None) -> CloseRun:

@@ -404,18 +404,20 @@ def forecast(invoice: Invoice, now: datetime) -> Decimal:
 
 
 def draft_all(*, now: datetime | None = None, after_each=None) -> int:
-    """Refresh every tenant's draft of its current month (the beat task); `after_each(tenant,
-    now=...)` runs after each refresh (the budget check)."""
+    """Refresh every tenant's draft of its current month (the beat task), a month of every
+    tenant at a time (billing/billing_run.py); `after_each(tenant, now=...)` runs after, for
+    each tenant (the budget check). Returns the drafts rated."""
+    from billing.billing_run import refresh_month_drafts
+
     now = now or timezone.now()
-    count = 0
-    for tenant in Tenant.objects.all():
-        year, month = month_of(tenant, now)
-        try:
-            refresh_draft(tenant, year, month, now=now)
-        except InvoicingError as exc:
-            log.warning("draft not refreshed: %s", exc)
-            continue
-        if after_each is not None:
+    tenants = list(Tenant.objects.all())
+    rated = 0
+    for year, month in sorted({month_of(t, now) for t in tenants}):
+        summary = refresh_month_drafts(year, month, now=now)
+        for slug, why in summary.failed.items():
+            log.warning("draft of %s not refreshed: %s", slug, why)
+        rated += summary.rated
+    if after_each is not None:
+        for tenant in tenants:
             after_each(tenant, now=now)
-        count += 1
-    return count
+    return rated

@@ -151,3 +151,15 @@ def test_the_portal_shows_the_months_alerts(acme_on_silver, carol, client):
         page = client.get(url).content.decode()
         assert "Budget exhausted:" in page
         assert "the monthly budget of 50.00 EUR is spent" in page
+
+
+def test_the_beat_task_refreshes_every_draft_and_checks_every_budget(acme_on_silver):
+    from billing.tasks import refresh_drafts_task
+
+    budgeted(acme_on_silver, "50")
+    globex = Tenant.objects.create(slug="globex", name="Globex", currency="EUR")
+
+    assert refresh_drafts_task() == 2
+
+    assert SpendingAlert.objects.filter(tenant=acme_on_silver, kind="exhausted").exists()
+    assert not SpendingAlert.objects.filter(tenant=globex).exists()
