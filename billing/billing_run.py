@@ -44,14 +44,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, DateTimeField, F, OuterRef, Q, Subquery, Sum, Value, When
 from django.utils import timezone
 
 from billing import rating
 from billing.choices import InvoiceStatus
-from billing.invoicing import P95_BEYOND, InvoicingError, MonthTerms, month_of
+from billing.invoicing import P95_BEYOND, InvoicingError, MonthTerms, month_of, resolve_terms
 from billing.models import (
     LATENCY_COLUMNS,
     BandTerms,
@@ -389,69 +388,24 @@ def _latest(rows: Iterable[Any], at: datetime, when=lambda row: row.effective_fr
 
 def _month_terms(tenant: Tenant, start: datetime, end: datetime, data: _Gathered) -> MonthTerms:
     """billing.invoicing.month_terms over the prefetched rows."""
-    bands = []
-    dominant = None
-    for sub in data.subscriptions.get(tenant.pk, ()):
-        if not (sub.starts_at < end and (sub.ends_at is None or sub.ends_at > start)):
-            continue
-        terms = _latest(
-            data.band_terms.get((sub.band_id, tenant.currency), ()), max(sub.starts_at, start)
-        )
-        if terms is None:
-            log.warning("%s has no %s terms; not charged", sub.band, tenant.currency)
-            continue
-        starts, ends = max(sub.starts_at, start), min(sub.ends_at or end, end)
-        bands.append(
-            rating.BandTerm(
-                band=sub.band.name,
-                monthly_fee=terms.monthly_fee,
-                included_inferences=terms.included_inferences,
-                overage_per_1000=terms.overage,
-                p95_target_ms=terms.p95_target_ms,
-                sla_credit_percent=terms.sla_credit_percent,
-                starts=starts,
-                ends=ends,
-            )
-        )
-        if dominant is None or (ends - starts) >= (dominant[0]):
-            dominant = (ends - starts, sub.band.name, terms)
-    addons = []
-    for activation in data.activations.get(tenant.pk, ()):
-        if not (
-            activation.starts_at < end
-            and (activation.ends_at is None or activation.ends_at > start)
-        ):
-            continue
-        found = _latest(
-            data.addon_prices.get((activation.bundle_id, tenant.currency), ()),
-            max(activation.starts_at, start),
-            when=lambda row: row[0],
-        )
-        if found is not None:
-            addons.append(
-                rating.Addon(
-                    name=activation.bundle.name,
-                    monthly_price=found[1],
-                    starts=max(activation.starts_at, start),
-                    ends=min(activation.ends_at or end, end),
-                )
-            )
-    share = (
-        dominant[2].tenant_quality_credit_percent / 100
-        if dominant is not None
-        else settings.OUTPOST_TENANT_QUALITY_CREDIT_SHARE
-    )
-    tax = (
-        _latest(data.tax_rates.get(tenant.jurisdiction, ()), start) if tenant.jurisdiction else None
-    )
-    return MonthTerms(
-        bands=bands,
-        addons=addons,
-        quality_credit_share=share,
-        tax_rate=tax.rate if tax is not None else Decimal(0),
-        tax_name=tax.name if tax is not None else "",
-        band_label=dominant[1] if dominant is not None else "",
-        p95_target_ms=dominant[2].p95_target_ms if dominant is not None else None,
+    currency = tenant.currency
+
+    def addon_price(activation, at):
+        rows = data.addon_prices.get((activation.bundle_id, currency), ())
+        found = _latest(rows, at, when=lambda row: row[0])
+        return None if found is None else found[1]
+
+    return resolve_terms(
+        tenant,
+        start,
+        end,
+        subscriptions=data.subscriptions.get(tenant.pk, ()),
+        band_terms_at=lambda sub, at: _latest(data.band_terms.get((sub.band_id, currency), ()), at),
+        activations=data.activations.get(tenant.pk, ()),
+        addon_price_at=addon_price,
+        tax=_latest(data.tax_rates.get(tenant.jurisdiction, ()), start)
+        if tenant.jurisdiction
+        else None,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,6 +32,7 @@ from billing.choices import InvoiceStatus
 from billing.currencies import quantize
 from billing.models import (
     LATENCY_COLUMNS,
+    BandTerms,
     FeatureActivation,
     Invoice,
     InvoiceEvent,
@@ -159,15 +161,45 @@ class MonthTerms:
 
 
 def month_terms(tenant: Tenant, start: datetime, end: datetime) -> MonthTerms:
-    bands = []
-    dominant = None
-    for sub in (
-        Subscription.objects.filter(tenant=tenant)
+    """The tenant's bands, add-ons, credit share and tax for [start, end), from the database."""
+    currency = tenant.currency
+    return resolve_terms(
+        tenant,
+        start,
+        end,
+        subscriptions=Subscription.objects.filter(tenant=tenant)
         .overlapping(start, end)
         .select_related("band")
-        .order_by("starts_at")
-    ):
-        terms = sub.band.terms_at(tenant.currency, max(sub.starts_at, start))
+        .order_by("starts_at"),
+        band_terms_at=lambda sub, at: sub.band.terms_at(currency, at),
+        activations=FeatureActivation.objects.filter(tenant=tenant)
+        .overlapping(start, end)
+        .select_related("bundle"),
+        addon_price_at=lambda activation, at: activation.bundle.price_at(currency, at),
+        tax=TaxRate.for_jurisdiction(tenant.jurisdiction, start),
+    )
+
+
+def resolve_terms(
+    tenant: Tenant,
+    start: datetime,
+    end: datetime,
+    *,
+    subscriptions: Iterable[Subscription],
+    band_terms_at: Callable[[Subscription, datetime], BandTerms | None],
+    activations: Iterable[FeatureActivation],
+    addon_price_at: Callable[[FeatureActivation, datetime], Decimal | None],
+    tax: TaxRate | None,
+) -> MonthTerms:
+    """The month's terms from rows already fetched (one tenant's here, a month of every
+    tenant's in billing/billing_run.py): subscriptions and activations in time order, and
+    how to find what was in effect when each began in the month."""
+    bands = []
+    dominant = None
+    for sub in subscriptions:
+        if not (sub.starts_at < end and (sub.ends_at is None or sub.ends_at > start)):
+            continue
+        terms = band_terms_at(sub, max(sub.starts_at, start))
         if terms is None:
             log.warning("%s has no %s terms; not charged", sub.band, tenant.currency)
             continue
@@ -184,15 +216,16 @@ def month_terms(tenant: Tenant, start: datetime, end: datetime) -> MonthTerms:
                 ends=ends,
             )
         )
-        if dominant is None or (ends - starts) >= (dominant[0]):
+        if dominant is None or (ends - starts) >= dominant[0]:
             dominant = (ends - starts, sub.band.name, terms)
     addons = []
-    for activation in (
-        FeatureActivation.objects.filter(tenant=tenant)
-        .overlapping(start, end)
-        .select_related("bundle")
-    ):
-        price = activation.bundle.price_at(tenant.currency, max(activation.starts_at, start))
+    for activation in activations:
+        if not (
+            activation.starts_at < end
+            and (activation.ends_at is None or activation.ends_at > start)
+        ):
+            continue
+        price = addon_price_at(activation, max(activation.starts_at, start))
         if price is not None:
             addons.append(
                 rating.Addon(
@@ -207,7 +240,6 @@ def month_terms(tenant: Tenant, start: datetime, end: datetime) -> MonthTerms:
         if dominant is not None
         else settings.OUTPOST_TENANT_QUALITY_CREDIT_SHARE
     )
-    tax = TaxRate.for_jurisdiction(tenant.jurisdiction, start)
     return MonthTerms(
         bands=bands,
         addons=addons,

@@ -84,6 +84,39 @@ def python() -> str:
     return sys.executable
 
 
+def start_celery_worker(start_process, name: str = "celery-worker"):
+    """A real Celery worker on the configured broker and the test's database, listening on a
+    queue of its own (so a demo on the same machine cannot take the test's tasks); returns
+    (queue, process)."""
+    import uuid
+
+    from django.conf import settings
+
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    proc = start_process(
+        name,
+        [
+            python(),
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "--pool=solo",
+            f"--queues={queue}",
+            "--loglevel=INFO",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],  # fmt: skip
+        env={
+            "DATABASE_URL": database_url_for_processes(),
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        },
+    )
+    return queue, proc
+
+
 def serve_enrolled(
     start_process, console_url: str, root, name: str, region, node_class, models=()
 ) -> int:

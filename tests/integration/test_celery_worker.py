@@ -1,7 +1,6 @@
 """A real Celery worker, on the configured broker (Redis in CI, the filesystem transport
 by default), runs the fleet's beat tasks against the test database."""
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -10,36 +9,14 @@ from django.utils import timezone
 
 from fleet.models import Node, NodeSample, NodeStatusChange
 from fleet.tasks import detect_status_flips_task, prune_node_samples_task
-from tests.integration.conftest import database_url_for_processes, python, wait_until
+from tests.integration.conftest import start_celery_worker, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def worker(start_process):
-    # A queue of its own, so a demo running on the same machine cannot take these tasks.
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    proc = start_process(
-        "celery-worker",
-        [
-            python(),
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "--pool=solo",
-            f"--queues={queue}",
-            "--loglevel=INFO",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env={
-            "DATABASE_URL": database_url_for_processes(),
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        },
-    )
+    queue, proc = start_celery_worker(start_process)
     yield queue
     if proc.poll() is not None:
         raise AssertionError(proc.log_path.read_text())

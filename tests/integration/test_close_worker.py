@@ -5,50 +5,22 @@ the month with totals that reconcile exactly with the usage ledger."""
 from __future__ import annotations
 
 import signal
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from django.conf import settings
 from django.db.models import Sum
 
 from billing.choices import InvoiceStatus
 from billing.invoicing import refresh_draft
 from billing.models import CloseRun, Invoice, Price, Tenant, UsageBatch, UsageRecord
 from billing.tasks import close_month_task
-from tests.integration.conftest import database_url_for_processes, python, wait_until
+from tests.integration.conftest import start_celery_worker, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = 150
 NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
-
-
-def start_worker(start_process, name: str) -> tuple[str, object]:
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    proc = start_process(
-        name,
-        [
-            python(),
-            "-m",
-            "celery",
-            "-A",
-            "console",
-            "worker",
-            "--pool=solo",
-            f"--queues={queue}",
-            "--loglevel=INFO",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],  # fmt: skip
-        env={
-            "DATABASE_URL": database_url_for_processes(),
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        },
-    )
-    return queue, proc
 
 
 @pytest.fixture
@@ -85,7 +57,7 @@ def test_a_close_killed_mid_run_is_whole_and_a_second_run_finishes_it(
     start_process, month_of_drafts
 ):
     run = month_of_drafts
-    queue, worker = start_worker(start_process, "worker-1")
+    queue, worker = start_celery_worker(start_process, "worker-1")
     close_month_task.apply_async((run.pk,), queue=queue)
     wait_until(
         lambda: Invoice.objects.filter(status=InvoiceStatus.FINALISED).count() >= 10,
@@ -102,7 +74,7 @@ def test_a_close_killed_mid_run_is_whole_and_a_second_run_finishes_it(
     assert numbers() == list(range(1, finalised + 1))  # gapless so far
     assert not Invoice.objects.filter(status=InvoiceStatus.DRAFT).exclude(number="").exists()
 
-    queue, _ = start_worker(start_process, "worker-2")
+    queue, _ = start_celery_worker(start_process, "worker-2")
     close_month_task.apply_async((run.pk,), queue=queue)
     wait_until(
         lambda: CloseRun.objects.get(pk=run.pk).finished_at is not None,
