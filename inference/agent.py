@@ -304,7 +304,7 @@ class ConsoleLink:
             log.warning(
                 "fetching the policy bundle answered HTTP %d: %s",
                 response.status_code,
-                _error_text(response),
+                error_text(response),
             )
             return
         try:
@@ -407,7 +407,7 @@ class ConsoleLink:
                 if 400 <= response.status_code < 500 and response.status_code != 429:
                     raise EnrollmentRefused(
                         f"the console refused enrollment (HTTP {response.status_code}: "
-                        f"{_error_text(response)}); check the --enroll token, which is "
+                        f"{error_text(response)}); check the --enroll token, which is "
                         "one-time and expires"
                     )
                 reason = f"HTTP {response.status_code}"
@@ -485,13 +485,13 @@ class ConsoleLink:
                 "!!! THE CONSOLE REJECTED THIS NODE'S CREDENTIAL (HTTP 401: %s). The node may "
                 "have been revoked; it keeps serving but is not reporting. Re-enroll it with a "
                 "new token after moving %s away. !!!",
-                _error_text(response),
+                error_text(response),
                 self.state_dir / IDENTITY_FILE,
             )
             return False, None
         if response.status_code != 200:
             log.warning(
-                "heartbeat answered HTTP %d: %s", response.status_code, _error_text(response)
+                "heartbeat answered HTTP %d: %s", response.status_code, error_text(response)
             )
             return False, None
         try:
@@ -502,7 +502,8 @@ class ConsoleLink:
         return True, reply
 
 
-def _error_text(response: httpx.Response) -> str:
+def error_text(response: httpx.Response) -> str:
+    """The console's message in an error answer (its `error`/`detail`), for a log line."""
     try:
         body = response.json()
     except ValueError:

@@ -137,8 +137,9 @@ class _Group:
         self.rows = 0
 
 
-# A batch's result for one request: the outputs (model order) and the run's duration.
-RunResult = tuple[list[np.ndarray], float]
+# A batch's result for one request: the outputs (model order), the run's duration, and the
+# request's share of it (by rows: what the usage meter charges its energy by, inference/usage.py).
+RunResult = tuple[list[np.ndarray], float, float]
 
 
 class ModelRunner:
@@ -253,9 +254,19 @@ class ModelRunner:
             outputs = self._run(None, dict(zip(self._input_names, merged, strict=True)))
             elapsed = time.perf_counter() - started
             if len(batch) == 1:
-                return _Outcome(started, elapsed, [(outputs, elapsed)], rows, outputs)
+                return _Outcome(started, elapsed, [(outputs, elapsed, elapsed)], rows, outputs)
             parts = split_outputs(outputs, [item.rows for item in batch])
-            return _Outcome(started, elapsed, [(p, elapsed) for p in parts], rows, outputs)
+            if rows:
+                shares = [elapsed * item.rows / rows for item in batch]
+            else:  # requests of zero rows: nothing to weigh them by
+                shares = [elapsed / len(batch)] * len(batch)
+            return _Outcome(
+                started,
+                elapsed,
+                [(p, elapsed, share) for p, share in zip(parts, shares, strict=True)],
+                rows,
+                outputs,
+            )
         except Exception as exc:
             if len(batch) == 1:
                 return _Outcome(started, 0.0, [_run_failed(exc)], rows)
@@ -265,7 +276,8 @@ class ModelRunner:
             one_started = time.perf_counter()
             try:
                 outputs = self._run(None, dict(zip(self._input_names, item.arrays, strict=True)))
-                results.append((outputs, time.perf_counter() - one_started))
+                took = time.perf_counter() - one_started
+                results.append((outputs, took, took))
             except Exception as exc:
                 results.append(_run_failed(exc))
         return _Outcome(started, 0.0, results, rows)

@@ -32,7 +32,11 @@ from inference.config import (
 )
 
 if TYPE_CHECKING:  # `register` imports the SDK (httpx, pydantic) only when it runs
+    from inference.agent import ConsoleLink
+    from inference.gate import PolicyGate
+    from inference.metrics import AgentMetrics
     from inference.protocol import ModelVersionInfo
+    from inference.usage_meter import UsageMeter
 
 log = logging.getLogger("inference")
 
@@ -139,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    # Tests fold usage every second instead of every minute (tests/integration/test_agent_usage.py).
+    tuning.add_argument("--usage-window-s", type=int, default=None, help=argparse.SUPPRESS)
 
     demo = commands.add_parser("demo-models", help="write the demo ONNX models into a directory")
     demo.add_argument("directory", type=Path)
@@ -271,6 +277,8 @@ def serve(args: argparse.Namespace) -> int:
         return _fail("--max-body-bytes must be at least 1024")
     if args.memory_budget_bytes is not None and args.memory_budget_bytes < 0:
         return _fail("--memory-budget-bytes must be >= 0")
+    if args.usage_window_s is not None and not 1 <= args.usage_window_s <= 3600:
+        return _fail("--usage-window-s must be 1..3600")
     state_dir: Path = args.state_dir
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -343,12 +351,14 @@ def serve(args: argparse.Namespace) -> int:
     token_verifier = None
     bundles = None
     gate = None
+    usage = None
     if args.console:
         from inference.agent import hottest_temperature
         from inference.bundle_store import BundleStore
         from inference.enforcement import Tokeniser, load_or_create_key
         from inference.gate import PolicyGate
         from inference.tokens import TokenVerifier
+        from inference.usage_meter import UsageError
 
         # Empty until the link knows the console's key (from the saved identity or enrollment).
         token_verifier = TokenVerifier()
@@ -392,6 +402,10 @@ def serve(args: argparse.Namespace) -> int:
             bundles=bundles,
             gate=gate,
         )
+        try:
+            usage = _usage_meter(args, state_dir, metrics, link, gate)
+        except UsageError as exc:
+            return _fail(str(exc))
     else:
         log.warning(
             "standalone: no console, so no tenant tokens and no policy; this agent answers "
@@ -405,11 +419,16 @@ def serve(args: argparse.Namespace) -> int:
             tasks.append(asyncio.create_task(link.run(), name="console-link"))
         if gate is not None:
             tasks.append(asyncio.create_task(gate.run_ticker(), name="policy-ticker"))
+        if usage is not None:
+            tasks.append(asyncio.create_task(usage.run_folding(), name="usage-fold"))
+            tasks.append(asyncio.create_task(usage.run_uploads(), name="usage-upload"))
 
     async def shutdown() -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if usage is not None:
+            await usage.close()
         repository.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
@@ -424,6 +443,7 @@ def serve(args: argparse.Namespace) -> int:
         bundle_handler=link.accept_bundle_push if link is not None else None,
         token_verifier=token_verifier,
         gate=gate,
+        usage=usage.journal if usage is not None else None,
     )
     config = uvicorn.Config(
         app,
@@ -448,6 +468,36 @@ def serve(args: argparse.Namespace) -> int:
     )
     server.run(sockets=[sock])
     return exit_code
+
+
+def _usage_meter(
+    args: argparse.Namespace,
+    state_dir: Path,
+    metrics: AgentMetrics,
+    link: ConsoleLink,
+    gate: PolicyGate,
+) -> UsageMeter:
+    """The enrolled node's usage meter, open: its state dir locked, the spool ready, the
+    killed run's journal noted for replay. Raises UsageError saying what is wrong."""
+    from inference.metrics import UsageCounters
+    from inference.protocol import USAGE_WINDOW_S
+    from inference.usage_meter import UsageMeter
+
+    def peak_watts() -> float | None:
+        view = gate.bundles.view
+        return view.peak_watts.get(gate.node_class or "") if view is not None else None
+
+    metrics.usage = UsageCounters()
+    meter = UsageMeter(
+        state_dir,
+        console_url=args.console,
+        identity=lambda: link.identity,
+        counters=metrics.usage,
+        window_s=args.usage_window_s or USAGE_WINDOW_S,
+        peak_watts=peak_watts,
+    )
+    meter.open()
+    return meter
 
 
 # --- register: the SDK (inference/sdk.py) behind a command line -------------------------------

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 # A node from another region forwarded this request: serve it or refuse it, never send it on.
 FORWARDED_BY = b"x-outpost-forwarded-by"
+# Why the node that forwarded it offloaded it (protocol.OFFLOAD_REASONS): the usage record of
+# the pool node, which bills the request, carries it.
+OFFLOAD_REASON = protocol.OFFLOAD_REASON_HEADER.encode()
+_OFFLOAD_REASONS = frozenset(protocol.OFFLOAD_REASONS)
 REQUEST_ID = b"x-request-id"
 SESSION_ID = b"x-session-id"
 DEFAULT_QUEUE_LIMIT = 64
@@ -81,6 +85,10 @@ class Admission:
     queue_depth: int | None = None
     # The X-Outpost-Cost value, when the request has a price (PolicyGate.cost_header).
     cost: bytes | None = None
+    # The model's grade by the bundle (it prices the request and goes on its usage record).
+    grade: str = DEFAULT_GRADE
+    # Forwarded here: why the first node offloaded it, if it said so with a known reason.
+    offload_reason: str | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """X-Outpost-Cost and X-Request-Id for the answer (served-by is added by the caller)."""
@@ -199,7 +207,7 @@ class PolicyGate:
         self, tenant: str | None, model: str, local: bool, headers: list[tuple[bytes, bytes]]
     ) -> Admission:
         """The decision for one request; reserves its price for the session when served."""
-        request_id = session = None
+        request_id = session = reason = None
         forwarded = False
         for key, value in headers:
             if key == REQUEST_ID:
@@ -208,10 +216,14 @@ class PolicyGate:
                 session = value.decode("latin-1")[:200]
             elif key == FORWARDED_BY:
                 forwarded = True
+            elif key == OFFLOAD_REASON:
+                reason = value.decode("latin-1")
         if request_id is None:
             request_id = f"{self._id_prefix}-{next(self._ids):x}"
         now = self.clock()
         admission = Admission(_NO_DECISION, request_id, tenant, model, session, forwarded, now)
+        if forwarded and reason in _OFFLOAD_REASONS:
+            admission.offload_reason = reason
         view = self.bundles.view
         if view is None or self.region is None:
             admission.decision = _refusal(
@@ -246,7 +258,7 @@ class PolicyGate:
                         retry_after_s=max(1, math.ceil(wait)),
                     )
                     return admission
-        grade = view.grades.get(model, DEFAULT_GRADE)
+        admission.grade = grade = view.grades.get(model, DEFAULT_GRADE)
         spent = (
             self.ledger.spent(tenant, session)
             if session is not None and tenant is not None
@@ -350,6 +362,8 @@ class PolicyGate:
                 passed["inference-header-content-length"] = str(new_length)
         passed["x-outpost-forwarded-by"] = self.node_uid or "unknown"
         passed["x-request-id"] = admission.request_id
+        # The pool node bills the request, as regional, with this reason (inference/usage.py).
+        passed[protocol.OFFLOAD_REASON_HEADER] = admission.decision.rule
         if admission.session is not None:
             passed["x-session-id"] = admission.session
         failures = []

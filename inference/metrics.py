@@ -154,6 +154,20 @@ class VersionHealth:
         return None  # unreachable: seen reaches total
 
 
+class UsageCounters:
+    """The usage meter's counters (inference/usage_spool.py, usage_meter.py), read at scrape
+    time. `pending` mirrors the spool: batch_seq -> when the batch was made (epoch seconds)."""
+
+    __slots__ = ("journal_lines", "journal_errors", "uploaded", "upload_failures", "pending")
+
+    def __init__(self) -> None:
+        self.journal_lines = 0
+        self.journal_errors = 0
+        self.uploaded = 0
+        self.upload_failures = 0
+        self.pending: dict[int, float] = {}
+
+
 def outcome_of(status: int) -> str:
     if status < 400:
         return "success"
@@ -179,6 +193,8 @@ class AgentMetrics:
         self.bundle_age_s: Callable[[], float | None] = lambda: None
         # Routing decisions by (action, rule): both come from small fixed sets (policy.py).
         self.decisions: dict[tuple[str, str], int] = {}
+        # Usage metering, on an enrolled node only (None: standalone meters nothing).
+        self.usage: UsageCounters | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         ProcessCollector(namespace="outpost", registry=self.registry)
@@ -304,3 +320,48 @@ class _Collector(Collector):
         for (action, rule), count in sorted(m.decisions.items()):
             decisions.add_metric([action, rule], count)
         yield decisions
+
+        if m.usage is not None:
+            yield from _usage_families(m.usage)
+
+
+def _usage_families(usage: UsageCounters) -> Iterator[Metric]:
+    pending = GaugeMetricFamily(
+        "outpost_usage_batches_pending",
+        "Usage batches spooled on this node and not yet acknowledged by the console",
+    )
+    pending.add_metric([], len(usage.pending))
+    yield pending
+    oldest = GaugeMetricFamily(
+        "outpost_usage_oldest_pending_age_seconds",
+        "Age of the oldest usage batch waiting for the console (0 when none waits)",
+    )
+    oldest.add_metric(
+        [], max(0.0, time.time() - min(usage.pending.values())) if usage.pending else 0.0
+    )
+    yield oldest
+    for name, help_text, value in (
+        (
+            "outpost_usage_batches_uploaded",
+            "Usage batches the console acknowledged (stored, duplicate or conflict)",
+            usage.uploaded,
+        ),
+        (
+            "outpost_usage_upload_failures",
+            "Usage uploads that failed (network, 429, 5xx, refused) and will be retried",
+            usage.upload_failures,
+        ),
+        (
+            "outpost_usage_journal_lines",
+            "Answered inferences written to the usage journal",
+            usage.journal_lines,
+        ),
+        (
+            "outpost_usage_journal_errors",
+            "Answered inferences the usage journal could not write (counted in memory only)",
+            usage.journal_errors,
+        ),
+    ):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], value)
+        yield counter

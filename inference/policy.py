@@ -113,6 +113,10 @@ class PolicyView:
         self.hourly_costs: dict[str, Decimal] = {
             t.node_class: Decimal(t.hourly_cost) for t in bundle.thresholds if t.hourly_cost
         }
+        # Node class -> its peak power (W): the usage meter's energy estimate without RAPL.
+        self.peak_watts: dict[str, float] = {
+            t.node_class: t.peak_watts for t in bundle.thresholds if t.peak_watts is not None
+        }
 
     def price(self, tenant: TenantRules, grade: str, serving: str) -> Decimal | None:
         """The price of one inference, or None when the bundle has none for it."""

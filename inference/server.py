@@ -42,6 +42,7 @@ from inference.codec import (
     encode_infer_response,
     parse_infer_body,
 )
+from inference.enforcement import TOKEN_PATTERN
 from inference.metrics import AgentMetrics
 from inference.repository import LOADING, LoadFailed, ModelRepository, UnknownModel
 from inference.routing import version_sort_key
@@ -50,6 +51,7 @@ from inference.tokens import TokenVerifier, rejection
 
 if TYPE_CHECKING:
     from inference.gate import Admission, PolicyGate
+    from inference.usage_spool import Journal
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class AgentApp:
         bundle_handler: BundleHandler | None = None,
         token_verifier: TokenVerifier | None = None,
         gate: PolicyGate | None = None,
+        usage: Journal | None = None,
     ) -> None:
         self.repository = repository
         # Activates a policy bundle the console pushed (ConsoleLink.accept_bundle_push).
@@ -96,6 +99,9 @@ class AgentApp:
         # Decides each inference request by the signed policy (inference/gate.py); None when
         # the agent runs standalone, which then serves this machine only.
         self.gate = gate
+        # Meters every answer an enrolled node serves (inference/usage_spool.py); None when
+        # standalone: no tenant, nothing to bill.
+        self.usage = usage
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self._admin_token = admin_token.encode() if admin_token else None
@@ -305,7 +311,8 @@ class AgentApp:
             return
         stats = self.metrics.models[name]
         extra: tuple[tuple[bytes, bytes], ...] = ()
-        run_seconds = 0.0
+        run_seconds = run_share = 0.0
+        tokenised = False
         try:
             declared, json_length = length_headers(scope["headers"])
             body = await read_body(receive, self.max_body_bytes, declared)
@@ -320,7 +327,11 @@ class AgentApp:
                 # Values another node tokenised before offloading (inference/gate.py).
                 tokenised=admission.sensitive if admission and admission.forwarded else None,
             )
-            outputs, run_seconds = await runner.infer(request.arrays, request.rows, request.key)
+            if admission is not None and admission.forwarded and admission.sensitive:
+                tokenised = _carries_tokens(parsed.doc, admission.sensitive)
+            outputs, run_seconds, run_share = await runner.infer(
+                request.arrays, request.rows, request.key
+            )
             payload, header_length = encode_infer_response(runner.spec, request, outputs)
             status = 200
             if header_length is None:
@@ -351,6 +362,22 @@ class AgentApp:
         if admission is not None:
             self.gate.settle(admission, status)  # type: ignore[union-attr]
             headers += admission.headers()
+            usage = self.usage
+            if usage is not None and admission.tenant is not None:
+                # Before the answer leaves: once a client has it, it is billed (usage_spool.py).
+                usage.append(
+                    admission.tenant,
+                    runner.spec.name,
+                    runner.spec.version,
+                    admission.grade,
+                    "regional" if admission.forwarded else "local",
+                    admission.offload_reason,
+                    status,
+                    elapsed,
+                    run_share,
+                    tokenised,
+                    admission.request_id,
+                )
         await respond(send, status, payload, content_type, headers)
 
     async def _refuse(self, send: Send, name: str, admission: Admission, started: float) -> None:
@@ -551,6 +578,19 @@ class AgentApp:
 def _from_loopback(scope: Scope) -> bool:
     client = scope.get("client")
     return client is None or str(client[0]).startswith(_LOOPBACK)
+
+
+def _carries_tokens(doc: dict, sensitive: frozenset[str]) -> bool:
+    """A forwarded request whose sensitive parameters arrived as tokens (inference/gate.py
+    tokenises them before an offload): counted as `tokenised` on its usage record."""
+    parameters = doc.get("parameters")
+    if not isinstance(parameters, dict):
+        return False
+    for field in sensitive:
+        value = parameters.get(field)
+        if isinstance(value, str) and TOKEN_PATTERN.fullmatch(value):
+            return True
+    return False
 
 
 def _session_id(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -298,6 +298,8 @@ def enrollment(heartbeat_interval_s: int = 1, public_key: str = "A" * 43 + "=") 
 
 # The tenant the fake console's bundle lets call every model (FakeConsole.auth()).
 TESTER = "tester"
+# An answer callable's way of saying: close the connection without answering.
+DROP = object()
 
 
 class FakeConsole:
@@ -309,7 +311,17 @@ class FakeConsole:
 
     Like the real console it has an Ed25519 key: its policy bundle (`GET /api/v1/nodes/bundle`,
     named in every heartbeat answer) lets the tenant TESTER call anything here, and `auth()`
-    gives the Authorization header of a token for TESTER that enrolled agents accept.
+    gives the Authorization header of a token for TESTER that enrolled agents accept;
+    `publish()` replaces it. `enrollments[token]` gives the agent enrolling with that token
+    another identity (several nodes on one fake console).
+
+    Usage (`POST /api/v1/nodes/usage`): batches are stored by (node_uid, batch_seq) and answered
+    with a UsageAck, `duplicate` for a repeat with the same content and `conflict` for another
+    content under a number seen. `usage_script` scripts the next uploads: "503" answers 503,
+    "drop" closes the connection without storing or answering, "stored-drop" stores the batch
+    and then closes the connection unanswered. While `usage_hold` is an Event, a stored batch's
+    answer waits for it (the agent can be killed meanwhile). `usage_refusal`, when set, answers
+    every upload 400 with that message.
     """
 
     def __init__(self, port: int = 0, heartbeat_interval_s: int = 1, key=None) -> None:
@@ -320,10 +332,22 @@ class FakeConsole:
         self.bundle = protocol.sign_bundle(self.key, tester_bundle())
         self.calls: list[ConsoleCall] = []
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.answers: dict[str, Callable[[ConsoleCall], tuple[int, dict]]] = {
+        self.answers: dict[str, Callable[[ConsoleCall], tuple[int, dict] | object]] = {
             protocol.ENROLL_PATH: self.enroll_ok,
             protocol.HEARTBEAT_PATH: self.heartbeat_ok,
+            protocol.USAGE_PATH: self.usage_ok,
         }
+        # Enrollment token -> fields of the EnrollResponse that differ from enrollment().
+        self.enrollments: dict[str, dict] = {}
+        self.usage: dict[tuple[str, int], dict] = {}
+        # (node_uid, batch_seq, outcome) of every usage upload answered with an ack.
+        self.usage_outcomes: list[tuple[str, int, str]] = []
+        self.usage_script: list[str] = []
+        self.usage_hold: threading.Event | None = None
+        self.usage_refusal: str | None = None
+        # Set whenever a usage batch has been stored (also one whose answer is held).
+        self.usage_received = threading.Event()
+        self._lock = threading.Lock()
         # What heartbeat replies ask for (a list of DesiredVersion dicts), None: nothing.
         self.desired_models: list[dict] | None = None
         # sha256 -> the bytes served for it (a test may serve other bytes than the hash says).
@@ -370,13 +394,20 @@ class FakeConsole:
                 )
                 console.calls.append(call)
                 answer = console.answers.get(self.path)
-                status, body = answer(call) if answer else (404, {"detail": "Not Found"})
+                result = answer(call) if answer else (404, {"detail": "Not Found"})
+                if result is DROP:
+                    self.close_connection = True
+                    return
+                status, body = result
                 data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller is gone (a test killed the agent while we held the answer)
 
             def log_message(self, *args) -> None:
                 pass
@@ -421,8 +452,81 @@ class FakeConsole:
         """Headers of a request by TESTER, whom the fake console's bundle lets call anything."""
         return {"Authorization": f"Bearer {self.token()}"}
 
+    def publish(self, bundle) -> None:
+        """Sign and serve `bundle` (a PolicyBundle); heartbeat answers name its revision."""
+        self.bundle = self.protocol.sign_bundle(self.key, bundle)
+
     def enroll_ok(self, call: ConsoleCall) -> tuple[int, dict]:
-        return 201, enrollment(self.heartbeat_interval_s, self.public_key)
+        identity = enrollment(self.heartbeat_interval_s, self.public_key)
+        return 201, {**identity, **self.enrollments.get(call.body.get("token"), {})}
+
+    def _credentials(self) -> dict[str, str]:
+        """node_uid -> the credential it was given at enrollment."""
+        default = enrollment()
+        known = {default["node_uid"]: default["credential"]}
+        for fields in self.enrollments.values():
+            known[fields.get("node_uid", default["node_uid"])] = fields.get(
+                "credential", default["credential"]
+            )
+        return known
+
+    def usage_ok(self, call: ConsoleCall) -> tuple[int, dict] | object:
+        with self._lock:
+            step = self.usage_script.pop(0) if self.usage_script else None
+        if step == "503":
+            return 503, {"error": "the console is busy"}
+        if step == "drop":
+            return DROP
+        if self.usage_refusal is not None:
+            return 400, {"error": self.usage_refusal}
+        try:
+            batch = self.protocol.UsageBatch.model_validate(call.body)
+        except ValueError as exc:
+            return 422, {"detail": str(exc)}
+        expected = self._credentials().get(batch.node_uid)
+        if call.headers.get("authorization") != f"Bearer {expected}":
+            return 401, {"detail": "Unauthorized"}
+        key = (batch.node_uid, batch.batch_seq)
+        with self._lock:
+            seen = self.usage.get(key)
+            if seen is None:
+                self.usage[key] = call.body
+                outcome = "stored"
+            else:
+                outcome = "duplicate" if seen == call.body else "conflict"
+            self.usage_outcomes.append((*key, outcome))
+        self.usage_received.set()
+        if step == "stored-drop":
+            return DROP
+        hold = self.usage_hold
+        if hold is not None:
+            hold.wait(30)
+        count = len(batch.records)
+        return 200, {
+            "batch_seq": batch.batch_seq,
+            "outcome": outcome,
+            "accepted": count if outcome == "stored" else 0,
+            "quarantined": count if outcome == "conflict" else 0,
+        }
+
+    def usage_records(self, node_uid: str | None = None) -> list[dict]:
+        """Every stored usage record (of one node, if given), batch by batch."""
+        with self._lock:
+            batches = sorted(self.usage.items())
+        return [
+            record
+            for (uid, _), body in batches
+            if node_uid is None or uid == node_uid
+            for record in body["records"]
+        ]
+
+    def billed(self, node_uid: str | None = None, **match) -> int:
+        """Inferences counted (`count`) in the stored records matching `match` field values."""
+        return sum(
+            r["count"]
+            for r in self.usage_records(node_uid)
+            if all(r[k] == v for k, v in match.items())
+        )
 
     def heartbeat_ok(self, call: ConsoleCall) -> tuple[int, dict]:
         reply = {

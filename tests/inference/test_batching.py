@@ -141,9 +141,11 @@ def test_concurrent_requests_run_as_one_batch_and_each_gets_its_own_answer():
 
     results, stats = asyncio.run(scenario())
     assert session.calls == [(10, 3)]
-    for i, (outputs, run_seconds) in enumerate(results):
+    for i, (outputs, run_seconds, share) in enumerate(results):
         np.testing.assert_array_equal(outputs[0], np.full((1, 3), 2 * i))
         assert run_seconds >= 0
+        # Each of the 10 one-row requests is charged a tenth of the run (usage energy).
+        assert share == pytest.approx(run_seconds / 10)
     assert stats.batch.sum == 10
 
 

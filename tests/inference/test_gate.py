@@ -1,9 +1,11 @@
 """The node's policy gate (inference/gate.py) without a network: what it decides from the
 active bundle and the node's state, and what it settles afterwards."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from inference import protocol
@@ -239,3 +241,31 @@ def test_every_request_offloaded_here_is_logged_so_a_lookup_finds_both_hops(gate
     assert [r.request_id for r in kept[:30]] == [f"req-{i}" for i in range(30)]
     assert {(r.rule, r.served_by) for r in kept[:30]} == {("forwarded", "regional")}
     assert len(kept) == 30 + 2  # local decisions: one in twenty
+
+
+def test_a_forwarded_request_knows_why_it_was_offloaded_if_the_reason_is_one_we_know(gate):
+    activate(gate, rules("acme"))
+    forwarded = admit(gate, x_outpost_forwarded_by="edge-2", x_outpost_offload_reason="thermal")
+    assert (forwarded.offload_reason, forwarded.grade) == ("thermal", "tiny")
+    made_up = admit(gate, x_outpost_forwarded_by="edge-2", x_outpost_offload_reason="cheaper")
+    assert made_up.offload_reason is None
+    # Only the second hop of an offload has a reason: a client's header is ignored.
+    assert admit(gate, x_outpost_offload_reason="thermal").offload_reason is None
+
+
+def test_an_offload_tells_the_pool_node_why_so_it_bills_the_reason(gate):
+    seen = []
+
+    def pool(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(200, json={"outputs": []})
+
+    gate.client = httpx.AsyncClient(transport=httpx.MockTransport(pool))
+    activate(gate, rules("acme"))
+    admission = admit(gate, local=False, x_request_id="req-1")
+    assert (admission.decision.action, admission.decision.rule) == ("offload", "model_not_local")
+
+    answer = asyncio.run(gate.forward(admission, "/v2/models/doubler/infer", b"{}", []))
+    assert (answer.status, answer.target) == (200, "gpu")
+    assert seen[0][protocol.OFFLOAD_REASON_HEADER] == "model_not_local"
+    assert seen[0]["x-outpost-forwarded-by"] == "edge"
