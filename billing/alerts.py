@@ -19,6 +19,7 @@ key (`X-Outpost-Signature: keyid=…,ed25519=…` over the body; the key is publ
 from __future__ import annotations
 
 import logging
+import smtplib
 from datetime import UTC, datetime
 
 import httpx
@@ -143,17 +144,12 @@ def deliver(alert: SpendingAlert, *, client: httpx.Client | None = None) -> Spen
     """Email and webhook for one alert (each at most once: what was done is recorded)."""
     tenant = alert.tenant
     if tenant.billing_email and not alert.emailed_to:
-        send_mail(
-            subject=f"[Outpost] {tenant.name}: {alert.message}",
-            message=(
-                f"{alert.message}.\n\nPeriod {alert.year}-{alert.month:02d}; month so far "
-                f"{alert.spend} {alert.currency}, forecast {alert.forecast}.\n"
-                f"See {settings.OUTPOST_PUBLIC_URL}/portal/{tenant.slug}/billing/"
-            ),
-            from_email=None,
-            recipient_list=[tenant.billing_email],
-        )
-        alert.emailed_to = tenant.billing_email
+        try:
+            _email(alert, tenant)
+        except (OSError, smtplib.SMTPException) as exc:  # recorded; the webhook still goes
+            log.warning("alert email to %s failed: %s", tenant.billing_email, exc)
+        else:
+            alert.emailed_to = tenant.billing_email
     if tenant.alert_webhook_url and not alert.webhook_result.startswith("2"):
         body = orjson.dumps(alert_document(alert))
         try:
@@ -168,6 +164,19 @@ def deliver(alert: SpendingAlert, *, client: httpx.Client | None = None) -> Spen
             alert.webhook_result = f"{type(exc).__name__}: {exc}"[:200]
     alert.save(update_fields=["emailed_to", "webhook_result"])
     return alert
+
+
+def _email(alert: SpendingAlert, tenant: Tenant) -> None:
+    send_mail(
+        subject=f"[Outpost] {tenant.name}: {alert.message}",
+        message=(
+            f"{alert.message}.\n\nPeriod {alert.year}-{alert.month:02d}; month so far "
+            f"{alert.spend} {alert.currency}, forecast {alert.forecast}.\n"
+            f"See {settings.OUTPOST_PUBLIC_URL}/portal/{tenant.slug}/billing/"
+        ),
+        from_email=None,
+        recipient_list=[tenant.billing_email],
+    )
 
 
 def month_alerts(tenant: Tenant, now: datetime | None = None) -> list[SpendingAlert]:

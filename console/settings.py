@@ -209,6 +209,20 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- outside services -------------------------------------------------------------------------
+# Spending alerts are emailed (billing/alerts.py). Development prints them in the worker's log;
+# production sets an SMTP backend and its EMAIL_HOST_* settings.
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Outpost <billing@outpost.invalid>")
 PROMETHEUS_URL = env_url("PROMETHEUS_URL")
 STRIPE_API_KEY = env_str("STRIPE_API_KEY")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")

@@ -18,3 +18,12 @@ def money(amount: Decimal | None, currency: str) -> str:
         return ""
     places = minor_units(currency)
     return f"{Decimal(amount):,.{places}f}"
+
+
+@register.filter
+def unit_price(value: Decimal | None) -> str:
+    """A price per unit as people read it: two decimals at least, no trailing zeros beyond
+    (0.080000 → 0.08, 0.000125 → 0.000125)."""
+    from billing.models import format_price
+
+    return "" if value is None else format_price(Decimal(value))

@@ -42,7 +42,7 @@ BANDS = (
 
 # tenant slug -> (band, jurisdiction, monthly budget in its currency, billing email)
 TENANT_BILLING = {
-    "acme": ("silver", "DE", Decimal("60.00"), "billing@acme.example"),
+    "acme": ("silver", "DE", Decimal("120.00"), "billing@acme.example"),
     "globex": ("gold", "US", Decimal("400.00"), "ap@globex.example"),
     "nakamura": ("bronze", "JP", Decimal("5000"), "keiri@nakamura.example"),
 }

@@ -163,3 +163,18 @@ def test_the_beat_task_refreshes_every_draft_and_checks_every_budget(acme_on_sil
 
     assert SpendingAlert.objects.filter(tenant=acme_on_silver, kind="exhausted").exists()
     assert not SpendingAlert.objects.filter(tenant=globex).exists()
+
+
+def test_a_mail_server_that_is_down_does_not_lose_the_webhook(acme_on_silver, receiver, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", 9  # nothing listens there
+    acme = budgeted(
+        acme_on_silver, "100", billing_email="billing@acme.example", alert_webhook_url=receiver.url
+    )
+    refresh_draft(acme, 2026, 11, now=NOV)
+    (alert,) = check_budget(acme, now=NOV)
+
+    delivered = deliver(alert)
+
+    assert delivered.emailed_to == ""  # tried again on the next delivery
+    assert delivered.webhook_result == "204"
