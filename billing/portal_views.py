@@ -14,7 +14,15 @@ from django.views.decorators.http import require_POST
 from billing.alerts import month_alerts
 from billing.choices import InvoiceStatus, MemberRole
 from billing.invoicing import P95_BEYOND, forecast, month_of
-from billing.models import FeatureActivation, FeatureBundle, Invoice, Membership, UsageHourly
+from billing.models import (
+    FeatureActivation,
+    FeatureBundle,
+    Invoice,
+    LatencyBand,
+    Membership,
+    Subscription,
+    UsageHourly,
+)
 from billing.roles import tenant_member_required
 
 CREDIT_KINDS = ("quality_credit", "sla_credit")
@@ -64,6 +72,11 @@ def billing_home(request, membership: Membership):
         "month_label": f"{year}-{month:02d}",
         "addons": addons(tenant, now),
         "can_switch": membership.role == MemberRole.OWNER,
+        "bands": bands(tenant, now),
+        "subscription": Subscription.objects.filter(tenant=tenant)
+        .current(now)
+        .select_related("band")
+        .first(),
         "invoices": Invoice.objects.for_tenant(tenant).settled_or_open().order_by("-period_start"),
     }
     return render(request, "portal/billing.html", context)
@@ -103,6 +116,13 @@ def portal_export(request, membership: Membership):
     return stream_export(request, Scope.of(membership.tenant), tenant=membership.tenant)
 
 
+def bands(tenant, now) -> list[dict]:
+    return [
+        {"band": band, "terms": band.terms_at(tenant.currency, now)}
+        for band in LatencyBand.objects.order_by("position", "name")
+    ]
+
+
 def addons(tenant, now) -> list[dict]:
     active = {a.bundle_id: a for a in FeatureActivation.objects.filter(tenant=tenant).current(now)}
     return [
@@ -133,4 +153,26 @@ def switch_addon(request, membership: Membership, slug: str):
             request,
             f"{bundle.name} is {'on' if on else 'off'}; every node applies it within seconds.",
         )
+    return redirect("portal:billing", tenant=membership.tenant.slug)
+
+
+@tenant_member_required
+@require_POST
+def change_band_view(request, membership: Membership):
+    from billing.plans import PlanError, change_band
+
+    if membership.role != MemberRole.OWNER:
+        return HttpResponseForbidden("Only the tenant's owners change its band.")
+    band = LatencyBand.objects.filter(slug=request.POST.get("band", "")).first()
+    if band is None:
+        messages.error(request, "Choose one of the bands offered.")
+    else:
+        try:
+            change_band(membership.tenant, band, actor=request.user)
+        except PlanError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request, f"You are on the {band.name} band from now; this month is prorated."
+            )
     return redirect("portal:billing", tenant=membership.tenant.slug)

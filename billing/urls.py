@@ -11,6 +11,7 @@ urlpatterns = [
     path("<slug:tenant>/invoices/<int:pk>/pdf/", portal_views.invoice_download, name="invoice_pdf"),
     path("<slug:tenant>/export/", portal_views.portal_export, name="export"),
     path("<slug:tenant>/addons/<slug:slug>/", portal_views.switch_addon, name="switch_addon"),
+    path("<slug:tenant>/band/", portal_views.change_band_view, name="change_band"),
     path("<slug:tenant>/keys/", views.api_keys, name="api_keys"),
     path("<slug:tenant>/keys/<int:pk>/revoke/", views.revoke_api_key, name="revoke_api_key"),
 ]
