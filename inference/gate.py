@@ -89,6 +89,8 @@ class Admission:
     grade: str = DEFAULT_GRADE
     # Forwarded here: why the first node offloaded it, if it said so with a known reason.
     offload_reason: str | None = None
+    # The tenant's add-ons let it send personalisation signals (PolicyView.signals_allowed).
+    signals_allowed: bool = True
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """X-Outpost-Cost and X-Request-Id for the answer (served-by is added by the caller)."""
@@ -246,6 +248,7 @@ class PolicyGate:
         if rules is not None:
             admission.currency = rules.currency
             admission.sensitive = view.sensitive[tenant]
+            admission.signals_allowed = view.signals_allowed[tenant]
             if not forwarded and rules.rate_limit_per_s is not None:
                 wait = self.limiter.check(tenant, rules.rate_limit_per_s)
                 if wait is not None:

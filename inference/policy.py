@@ -84,6 +84,10 @@ class Decision:
     retry_after_s: int | None = None
 
 
+# The feature (billing.FeatureBundle.features) that lets a tenant send signals in `parameters`.
+FEATURE_SIGNALS = "signals"
+
+
 class PolicyView:
     """A bundle indexed for the hot path: built once per activated bundle."""
 
@@ -107,6 +111,11 @@ class PolicyView:
             p.region: tuple(p.nodes) for p in bundle.pools
         }
         self.grades: dict[str, str] = {m.name: m.grade for m in bundle.models}
+        # Tenants who may send personalisation signals: an add-on unlocks them
+        # (TenantRules.features); a bundle that gates no features lets everyone.
+        self.signals_allowed: dict[str, bool] = {
+            t.slug: t.features is None or FEATURE_SIGNALS in t.features for t in bundle.tenants
+        }
         self.sensitive: dict[str, frozenset[str]] = {
             t.slug: frozenset(t.sensitive_fields) for t in bundle.tenants
         }

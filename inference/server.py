@@ -327,6 +327,12 @@ class AgentApp:
                 # Values another node tokenised before offloading (inference/gate.py).
                 tokenised=admission.sensitive if admission and admission.forwarded else None,
             )
+            if request.signals and admission is not None and not admission.signals_allowed:
+                raise RequestError(
+                    "personalisation signals are an add-on this tenant has not switched on "
+                    "(a feature bundle with 'signals', in the portal's Usage & billing)",
+                    403,
+                )
             if admission is not None and admission.forwarded and admission.sensitive:
                 tokenised = _carries_tokens(parsed.doc, admission.sensitive)
             outputs, run_seconds, run_share = await runner.infer(

@@ -183,3 +183,41 @@ def test_a_request_split_by_its_id_is_checked_by_the_version_it_lands_on(two_sch
             },
         )
         check_landed(response, expected_version(request_id))
+
+
+def test_signals_need_the_add_on_that_unlocks_them_when_the_console_gates_features(
+    tmp_path, console
+):
+    from tests.inference.harness import tester_bundle
+
+    (tmp_path / "models").mkdir()
+    churn = scaler_model(tmp_path / "build" / "churn-1.onnx", 1.0)
+    console.desired_models = [offer(console, churn, "1", 1.0, SCHEMA)]
+    locked = tester_bundle(revision=2)
+    console.publish(
+        locked.model_copy(
+            update={"tenants": [locked.tenants[0].model_copy(update={"features": []})]}
+        )
+    )
+    with start(tmp_path, console) as agent:
+        wait_until(lambda: ready_versions(console) == {"1"}, what="version 1 ready")
+        wait_until(
+            lambda: infer(agent, {"tier": "gold"}, headers=console.auth()).status_code == 403,
+            what="the locked bundle to be enforced",
+        )
+        refused = infer(agent, {"tier": "gold"}, headers=console.auth())
+        assert "personalisation signals are an add-on" in refused.json()["error"]
+        assert infer(agent, None, headers=console.auth()).status_code == 200
+
+        unlocked = tester_bundle(revision=3)
+        console.publish(
+            unlocked.model_copy(
+                update={
+                    "tenants": [unlocked.tenants[0].model_copy(update={"features": ["signals"]})]
+                }
+            )
+        )
+        wait_until(
+            lambda: infer(agent, {"tier": "gold"}, headers=console.auth()).status_code == 200,
+            what="the add-on to unlock signals",
+        )
