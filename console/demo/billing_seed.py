@@ -1,5 +1,6 @@
 """The demo's commitments: three latency bands priced in each demo currency, a tenant on each,
-tax rates for their jurisdictions, monthly budgets and two feature bundles. Idempotent: a row
+tax rates for their jurisdictions, monthly budgets and a feature bundle (personalisation
+signals: the nodes refuse a tenant's signals without it). Idempotent: a row
 that exists is left as it is (the operators' once it exists)."""
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ TAX_RATES = (("DE", "VAT 19 %", Decimal("0.19")), ("JP", "JCT 10 %", Decimal("0.
 FEATURE_BUNDLES = (
     ("personalisation", "Personalisation signals", ["signals"],
      {"EUR": "9.00", "USD": "10.00", "JPY": "1400"}),
-    ("edge-analytics", "Edge analytics", ["edge_analytics"],
-     {"EUR": "15.00", "USD": "16.50", "JPY": "2400"}),
 )  # fmt: skip
 
 
