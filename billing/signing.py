@@ -7,6 +7,8 @@ under VAR_DIR on first use so the demo needs no setup.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from functools import cache
 from pathlib import Path
@@ -38,3 +40,15 @@ def console_private_key() -> Ed25519PrivateKey:
 
 def console_public_key_b64() -> str:
     return protocol.public_key_to_b64(console_private_key().public_key())
+
+
+def fleet_forward_key_b64() -> str:
+    """The fleet's HMAC key for node-to-node forwards (protocol.forward_auth), derived from the
+    signing key: stable while the key is, so an unchanged policy compiles to an unchanged
+    bundle, and new with each signing key."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = console_private_key().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(hashlib.sha256(b"outpost forward key v1\n" + raw).digest()).decode()

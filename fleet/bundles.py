@@ -75,6 +75,8 @@ class Inputs:
     models: Sequence[ModelGrade] = ()
     # Console public keys (base64) nodes are to trust: the signing key and the next one.
     trusted_keys: Sequence[str] = ()
+    # The fleet's key for authenticating node-to-node forwards (base64); None: none.
+    forward_key: str | None = None
 
 
 def fallback_chain(start: str, regions: dict[str, RegionSpec]) -> tuple[list[str], str | None]:
@@ -172,6 +174,7 @@ def compile_bundle(
         models=sorted(inputs.models, key=lambda m: m.name),
         revoked_tokens=sorted(set(inputs.revoked_tokens)),
         trusted_keys=list(inputs.trusted_keys),
+        forward_key=inputs.forward_key,
     )
     problems += [p for p in check_bundle(bundle) if p not in problems]
     if problems:

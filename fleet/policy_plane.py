@@ -31,7 +31,7 @@ from django.utils import timezone
 from billing.alerts import exhausted_tenants
 from billing.features import features_by_tenant
 from billing.models import IssuedToken, Price, Tenant
-from billing.signing import console_private_key
+from billing.signing import console_private_key, fleet_forward_key_b64
 from fleet import bundles
 from fleet.choices import NodeStatus, VersionStatus
 from fleet.models import (
@@ -129,6 +129,7 @@ def gather_inputs(now: datetime | None = None) -> bundles.Inputs:
         revoked_tokens=list(revoked.values_list("token_id", flat=True)),
         models=model_grades(),
         trusted_keys=trusted_keys(),
+        forward_key=fleet_forward_key_b64(),
     )
 
 

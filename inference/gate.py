@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 # A node from another region forwarded this request: serve it or refuse it, never send it on.
 FORWARDED_BY = b"x-outpost-forwarded-by"
+FORWARD_AUTH = protocol.FORWARD_AUTH_HEADER.encode()
 # Why the node that forwarded it offloaded it (protocol.OFFLOAD_REASONS): the usage record of
 # the pool node, which bills the request, carries it.
 OFFLOAD_REASON = protocol.OFFLOAD_REASON_HEADER.encode()
@@ -209,7 +210,7 @@ class PolicyGate:
         self, tenant: str | None, model: str, local: bool, headers: list[tuple[bytes, bytes]]
     ) -> Admission:
         """The decision for one request; reserves its price for the session when served."""
-        request_id = session = reason = None
+        request_id = session = reason = forwarder = forward_auth = None
         forwarded = False
         for key, value in headers:
             if key == REQUEST_ID:
@@ -218,8 +219,11 @@ class PolicyGate:
                 session = value.decode("latin-1")[:200]
             elif key == FORWARDED_BY:
                 forwarded = True
+                forwarder = value.decode("latin-1")
             elif key == OFFLOAD_REASON:
                 reason = value.decode("latin-1")
+            elif key == FORWARD_AUTH:
+                forward_auth = value.decode("latin-1")
         if request_id is None:
             request_id = f"{self._id_prefix}-{next(self._ids):x}"
         now = self.clock()
@@ -233,6 +237,27 @@ class PolicyGate:
                 "no_policy",
                 "this node has no policy bundle yet; it fetches one from its console",
                 retry=True,
+            )
+            return admission
+        if (
+            forwarded
+            and view.forward_key is not None
+            and not (
+                forward_auth is not None
+                and request_id is not None
+                and protocol.forward_auth_valid(
+                    view.forward_key, forwarder or "", request_id, forward_auth, now
+                )
+            )
+        ):
+            # Only a node of the fleet can forward (billed regional, no rate limit): a
+            # client that says it is one is not served.
+            admission.forwarded = False
+            admission.decision = Decision(
+                "refuse",
+                403,
+                "forward_unauthenticated",
+                "this request says another node forwarded it, without that node's proof",
             )
             return admission
         if self.bundles.expired(now):
@@ -365,6 +390,13 @@ class PolicyGate:
                 passed["inference-header-content-length"] = str(new_length)
         passed["x-outpost-forwarded-by"] = self.node_uid or "unknown"
         passed["x-request-id"] = admission.request_id
+        if view is not None and view.forward_key is not None:
+            passed[protocol.FORWARD_AUTH_HEADER] = protocol.forward_auth(
+                view.forward_key,
+                passed["x-outpost-forwarded-by"],
+                admission.request_id,
+                self.clock(),
+            )
         # The pool node bills the request, as regional, with this reason (inference/usage.py).
         passed[protocol.OFFLOAD_REASON_HEADER] = admission.decision.rule
         if admission.session is not None:

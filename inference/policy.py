@@ -29,6 +29,7 @@ wins, and `Decision.rule` names it):
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -93,6 +94,10 @@ class PolicyView:
 
     def __init__(self, bundle: PolicyBundle) -> None:
         self.revision = bundle.revision
+        # The fleet's key for node-to-node forwards (protocol.forward_auth); None: not checked.
+        self.forward_key: bytes | None = (
+            base64.b64decode(bundle.forward_key) if bundle.forward_key else None
+        )
         self.tenants: dict[str, TenantRules] = {t.slug: t for t in bundle.tenants}
         self.routes: dict[tuple[str, str], tuple[str, ...]] = {
             (r.tenant, r.region): tuple(r.pools) for r in bundle.routes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from datetime import datetime
 from typing import Annotated, Literal
@@ -726,6 +727,39 @@ class PolicyBundle(WireModel):
     # Console public keys (base64) nodes trust for the next bundles and tokens: the current
     # one and, during a rotation, the next one published ahead of its use.
     trusted_keys: list[str] = Field(default_factory=list, max_length=4)
+    # The fleet's key (base64) for authenticating node-to-node offloads (forward_auth): a pool
+    # node serves a request as forwarded, billed regional, only with a valid MAC of it. None:
+    # this console authenticates no forwards.
+    forward_key: str | None = Field(None, max_length=64)
+
+
+# An offloading node proves it is one of the fleet's: `t=<unix seconds>,mac=<hex>`, an HMAC of
+# its uid, the request id and the time, with the bundle's forward key. A client cannot make one,
+# so it cannot pass itself off as a forward (billed regional, rate limits skipped).
+FORWARD_AUTH_HEADER = "x-outpost-forward-auth"
+FORWARD_AUTH_MAX_AGE_S = 120
+
+
+def forward_auth(key: bytes, node_uid: str, request_id: str, now: float) -> str:
+    stamp = int(now)
+    return f"t={stamp},mac={_forward_mac(key, node_uid, request_id, stamp)}"
+
+
+def forward_auth_valid(key: bytes, node_uid: str, request_id: str, value: str, now: float) -> bool:
+    try:
+        fields = dict(part.split("=", 1) for part in value.split(","))
+        stamp = int(fields["t"])
+        mac = fields["mac"]
+    except (KeyError, ValueError):
+        return False
+    if abs(now - stamp) > FORWARD_AUTH_MAX_AGE_S:
+        return False
+    return hmac.compare_digest(mac, _forward_mac(key, node_uid, request_id, stamp))
+
+
+def _forward_mac(key: bytes, node_uid: str, request_id: str, stamp: int) -> str:
+    message = f"{node_uid}\n{request_id}\n{stamp}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class SignedBundle(ConsoleMessage):

@@ -49,8 +49,9 @@ def rules(slug, **fields):
     return TenantRules(slug=slug, **values)
 
 
-def bundle(*tenants, revision=1, ttl=timedelta(hours=1)):
+def bundle(*tenants, revision=1, ttl=timedelta(hours=1), forward_key=None):
     return PolicyBundle(
+        forward_key=forward_key,
         revision=revision,
         issued_at=NOW,
         expires_at=NOW + ttl,
@@ -269,3 +270,49 @@ def test_an_offload_tells_the_pool_node_why_so_it_bills_the_reason(gate):
     assert (answer.status, answer.target) == (200, "gpu")
     assert seen[0][protocol.OFFLOAD_REASON_HEADER] == "model_not_local"
     assert seen[0]["x-outpost-forwarded-by"] == "edge"
+
+
+FORWARD_KEY = b"f" * 32
+
+
+def test_a_pool_node_serves_as_forwarded_only_what_a_fleet_node_proves_it_forwarded(gate, clock):
+    import base64
+
+    activate(gate, rules("acme"), forward_key=base64.b64encode(FORWARD_KEY).decode())
+    proof = protocol.forward_auth(FORWARD_KEY, "edge-2", "req-9", clock())
+
+    genuine = admit(
+        gate, x_request_id="req-9", x_outpost_forwarded_by="edge-2", x_outpost_forward_auth=proof
+    )
+    claimed = admit(gate, x_request_id="req-9", x_outpost_forwarded_by="edge-2")
+    replayed = admit(
+        gate, x_request_id="req-10", x_outpost_forwarded_by="edge-2", x_outpost_forward_auth=proof
+    )
+    clock.now += protocol.FORWARD_AUTH_MAX_AGE_S + 1
+    stale = admit(
+        gate, x_request_id="req-9", x_outpost_forwarded_by="edge-2", x_outpost_forward_auth=proof
+    )
+
+    assert (genuine.forwarded, genuine.decision.rule) == (True, "forwarded")
+    for refused in (claimed, replayed, stale):
+        assert (refused.forwarded, refused.decision.status) == (False, 403)
+        assert refused.decision.rule == "forward_unauthenticated"
+
+
+def test_an_offload_carries_the_fleets_proof(gate, clock):
+    import base64
+
+    seen = []
+
+    def pool(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return httpx.Response(200, json={"outputs": []})
+
+    gate.client = httpx.AsyncClient(transport=httpx.MockTransport(pool))
+    activate(gate, rules("acme"), forward_key=base64.b64encode(FORWARD_KEY).decode())
+    admission = admit(gate, local=False, x_request_id="req-1")
+
+    asyncio.run(gate.forward(admission, "/v2/models/doubler/infer", b"{}", []))
+
+    proof = seen[0][protocol.FORWARD_AUTH_HEADER]
+    assert protocol.forward_auth_valid(FORWARD_KEY, "edge", "req-1", proof, clock())
