@@ -2,10 +2,11 @@
 
 Every test runs twice: with Helvetica, fpdf2's core font (what a machine without fonts gets),
 and with the Unicode TrueType font billing.pdf finds on this machine (skipped where there is
-none). The text layer is read by `pdf_text` below, a small reader of what fpdf2 writes."""
+none, except in CI, which installs DejaVu and fails without it). The text layer is read by `pdf_text` below, a small reader of what fpdf2 writes."""
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from datetime import UTC, datetime
@@ -31,7 +32,12 @@ def font(request, monkeypatch):
         monkeypatch.setattr(billing.pdf, "UNICODE_FONTS", ())
         monkeypatch.setattr(billing.pdf, "FALLBACK_FONTS", ())
     elif not any(Path(regular).is_file() for regular, _ in billing.pdf.UNICODE_FONTS):
-        pytest.skip("no Unicode TrueType font on this machine (billing.pdf.UNICODE_FONTS)")
+        # CI installs DejaVu (.ci/run) and must fail, not skip, without it; a developer's
+        # machine without any Unicode font still runs the core-font half.
+        message = "no Unicode TrueType font on this machine (billing.pdf.UNICODE_FONTS)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; .ci/run installs fonts-dejavu-core")
+        pytest.skip(message)
     return request.param
 
 
