@@ -87,10 +87,15 @@ from bench.common import (
     RESULTS_DIR,
     BenchError,
     base_parser,
+    checkpoint,
+    database_url,
+    drop_database,
     log,
     machine_info,
     median,
     print_table,
+    raise_interrupt,
+    recreate_database,
     run_recorded,
 )
 from inference import protocol
@@ -195,21 +200,6 @@ def latency_columns() -> tuple[str, ...]:
 
 
 # --- the database and Django -------------------------------------------------------------------
-
-
-def database_url(server: str, name: str) -> str:
-    return f"{server.rstrip('/')}/{name}"
-
-
-def recreate_database(server: str, name: str) -> None:
-    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(server: str, name: str) -> None:
-    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def set_up_django(db_url: str, var_dir: Path) -> None:
@@ -723,12 +713,6 @@ def bare_sql() -> str:
         f"SELECT tenant_id, grade, served_by, offload_reason, {sums} FROM billing_usagerecord "
         "WHERE minute >= %s AND minute < %s GROUP BY tenant_id, grade, served_by, offload_reason"
     )
-
-
-def checkpoint(conn: psycopg.Connection) -> None:
-    conn.commit()
-    conn.execute("CHECKPOINT")
-    conn.commit()
 
 
 def bare_pass(conn: psycopg.Connection, loaded: Loaded) -> tuple[float, int, int]:
@@ -1274,15 +1258,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError(f"{type(exc).__name__}: {exc}") from exc
 
     # A TERM unwinds like Ctrl-C, so the database is dropped on the way out.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         return run_recorded(NAME, output, result, body)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -692,3 +692,38 @@ def write_json(path: Path, data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+# --- a PostgreSQL database of a benchmark's own (bench/ingest.py, bench/billing_run.py) -------
+
+
+def database_url(server: str, name: str) -> str:
+    return f"{server.rstrip('/')}/{name}"
+
+
+def recreate_database(server: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(server: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def checkpoint(conn) -> None:
+    """Start a timed pass with the WAL of the one before flushed (it would otherwise be
+    written during this one)."""
+    conn.commit()
+    conn.execute("CHECKPOINT")
+    conn.commit()
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop as Ctrl-C does, so cleanup (dropping the database) runs."""
+    raise KeyboardInterrupt

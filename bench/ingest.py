@@ -110,12 +110,17 @@ from bench.common import (
     BenchError,
     ServerProcess,
     base_parser,
+    checkpoint,
+    database_url,
+    drop_database,
     free_port,
     log,
     machine_info,
     median,
     percentile,
     print_table,
+    raise_interrupt,
+    recreate_database,
     resolve_timing,
     run_recorded,
 )
@@ -357,21 +362,6 @@ def batch_body(node_uid: str, seq: int, window: Window) -> bytes:
 # --- the database ---------------------------------------------------------------------------
 
 
-def database_url(server: str, name: str) -> str:
-    return f"{server.rstrip('/')}/{name}"
-
-
-def recreate_database(server: str, name: str) -> None:
-    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(server: str, name: str) -> None:
-    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def console_env(db_url: str, var_dir: Path) -> dict[str, str]:
     """Production-like settings, as `.ci/run` sets them for `check --deploy`."""
     return {
@@ -455,14 +445,6 @@ def latency_columns(conn: psycopg.Connection) -> list[str]:
 
 def truncate_ledger(conn: psycopg.Connection) -> None:
     conn.execute(f"TRUNCATE {', '.join(USAGE_TABLES)} RESTART IDENTITY")
-    conn.commit()
-
-
-def checkpoint(conn: psycopg.Connection) -> None:
-    """Start every timed pass with the WAL of the one before flushed (it would otherwise be
-    written during this one)."""
-    conn.commit()
-    conn.execute("CHECKPOINT")
     conn.commit()
 
 
@@ -1256,10 +1238,6 @@ def print_profile(workers: int, profile: dict[str, Any]) -> None:
 # --- command line ---------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = base_parser(__doc__.splitlines()[0], duration=10, warmup=2)
     parser.add_argument(
@@ -1377,7 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
             "reference": {"lago_postgres_events_per_s": LAGO_REFERENCE, "source": LAGO_SOURCE},
         },
     }
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     return run_recorded(NAME, output, result, lambda result: run(args, result))
 
 
