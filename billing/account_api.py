@@ -7,7 +7,6 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Sum
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Router, Schema
@@ -116,11 +115,8 @@ def get_usage(request: HttpRequest, month: str | None = None):
             raise HttpError(400, f"month must be YYYY-MM, e.g. 2026-11, not {month!r}")
         year, number = int(match[1]), int(match[2])
     start, end = rating.month_bounds(year, number, tenant.time_zone)
-    grouped = (
-        UsageHourly.objects.filter(tenant=tenant, hour__gte=start, hour__lt=end)
-        .values("model", "version", "grade", "served_by", "offload_reason")
-        .annotate(n=Sum("count"), e=Sum("errors"), j=Sum("energy_j"))
-        .order_by("model", "version", "served_by", "offload_reason")
+    grouped = UsageHourly.objects.of(tenant, start, end).summed_by(
+        "model", "version", "grade", "served_by", "offload_reason"
     )
     rows = [
         UsageRow(
@@ -129,9 +125,9 @@ def get_usage(request: HttpRequest, month: str | None = None):
             grade=r["grade"],
             served_by=r["served_by"],
             offload_reason=r["offload_reason"] or None,
-            inferences=r["n"],
-            errors=r["e"],
-            energy_j=r["j"],
+            inferences=r["inferences"],
+            errors=r["errors_total"],
+            energy_j=r["energy"],
         )
         for r in grouped
     ]

@@ -23,7 +23,7 @@ from billing.roles import finance_required
 MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-def _month(request) -> tuple[int, int]:
+def month_param(request) -> tuple[int, int]:
     """?month=YYYY-MM, default the month before this one (UTC): the one to close."""
     match = MONTH.match(request.GET.get("month") or request.POST.get("month") or "")
     if match and 1 <= int(match[2]) <= 12:
@@ -34,7 +34,7 @@ def _month(request) -> tuple[int, int]:
 
 @finance_required
 def close(request):
-    year, month = _month(request)
+    year, month = month_param(request)
     run = CloseRun.objects.filter(year=year, month=month).first()
     context = {
         "year": year,
@@ -58,7 +58,7 @@ def close(request):
 @finance_required
 @require_POST
 def close_action(request):
-    year, month = _month(request)
+    year, month = month_param(request)
     label = f"{year}-{month:02d}"
     if request.POST.get("action") == "refresh":
         count = refresh_month(year, month)
@@ -101,7 +101,7 @@ def exports(request):
             if tenant is None:
                 return HttpResponseBadRequest(f"no tenant {request.GET['tenant']!r}")
         return stream_export(request, Scope.finance(), tenant=tenant)
-    year, month = _month(request)
+    year, month = month_param(request)
     return render(
         request,
         "finance/exports.html",

@@ -265,13 +265,16 @@ def _previous_cutoff(tenant: Tenant, start: datetime) -> datetime | None:
     )
 
 
-def rate_month(tenant: Tenant, year: int, month: int, cutoff: datetime) -> rating.RatedInvoice:
-    """The tenant's month rated with the usage received up to `cutoff`."""
+def rate_month(
+    tenant: Tenant, year: int, month: int, cutoff: datetime
+) -> tuple[rating.RatedInvoice, MonthTerms]:
+    """The tenant's month rated with the usage received up to `cutoff`, and the terms it was
+    rated with (the invoice keeps their band and tax name)."""
     start, end = rating.month_bounds(year, month, tenant.time_zone)
     previous = _previous_cutoff(tenant, start)
     terms = month_terms(tenant, start, end)
     try:
-        return rating.rate(
+        rated = rating.rate(
             start=start,
             end=end,
             currency=tenant.currency,
@@ -287,6 +290,7 @@ def rate_month(tenant: Tenant, year: int, month: int, cutoff: datetime) -> ratin
         )
     except ValueError as exc:  # e.g. usage of a grade the price book does not price
         raise InvoicingError(f"{tenant.slug} {year}-{month:02d}: {exc}") from exc
+    return rated, terms
 
 
 def refresh_draft(tenant: Tenant, year: int, month: int, *, now: datetime | None = None) -> Invoice:
@@ -297,7 +301,7 @@ def refresh_draft(tenant: Tenant, year: int, month: int, *, now: datetime | None
         invoice = _live_invoice(tenant, year, month, lock=True)
         if invoice is not None and not invoice.is_draft:
             return invoice
-        rated = rate_month(tenant, year, month, now)
+        rated, terms = rate_month(tenant, year, month, now)
         if invoice is None:
             invoice = Invoice.objects.create(
                 tenant=tenant,
@@ -308,7 +312,7 @@ def refresh_draft(tenant: Tenant, year: int, month: int, *, now: datetime | None
                 currency=tenant.currency,
             )
             InvoiceEvent.objects.create(invoice=invoice, kind="created", at=now)
-        _write(invoice, rated, tenant, year, month, cutoff=now)
+        _write(invoice, rated, terms, tenant, cutoff=now)
         invoice.refreshed_at = now
         invoice.save()
     return invoice
@@ -336,8 +340,8 @@ def finalise_invoice(invoice: Invoice, *, acting_user=None, now: datetime | None
                 "in order"
             )
         tenant = invoice.tenant
-        rated = rate_month(tenant, invoice.year, invoice.month, now)
-        _write(invoice, rated, tenant, invoice.year, invoice.month, cutoff=now)
+        rated, terms = rate_month(tenant, invoice.year, invoice.month, now)
+        _write(invoice, rated, terms, tenant, cutoff=now)
         invoice.number = InvoiceNumber.take(now)
         invoice.status = InvoiceStatus.FINALISED
         invoice.finalised_at = invoice.refreshed_at = now
@@ -369,15 +373,13 @@ def _live_invoice(tenant: Tenant, year: int, month: int, *, lock: bool) -> Invoi
 def _write(
     invoice: Invoice,
     rated: rating.RatedInvoice,
+    terms: MonthTerms,
     tenant: Tenant,
-    year: int,
-    month: int,
     *,
     cutoff: datetime,
 ) -> None:
     """Replace a draft's lines and totals with a rating (drafts only: the callers hold the
     row lock and checked its status)."""
-    terms = month_terms(tenant, rated.start, rated.end)
     invoice.lines.all().delete()
     InvoiceLine.objects.bulk_create(
         InvoiceLine(

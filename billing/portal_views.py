@@ -5,12 +5,12 @@ member's own tenant (tenant_member_required)."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import Sum
 from django.http import HttpResponse, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from billing import rating
 from billing.alerts import month_alerts
 from billing.choices import InvoiceStatus, MemberRole
 from billing.invoicing import P95_BEYOND, forecast, month_of
@@ -39,19 +39,12 @@ def billing_home(request, membership: Membership):
         .prefetch_related("lines")
         .first()
     )
-    usage = UsageHourly.objects.filter(tenant=tenant)
-    if draft is not None:
-        usage = usage.filter(hour__gte=draft.period_start, hour__lt=draft.period_end)
-    by_model = list(
-        usage.values("model", "served_by")
-        .annotate(inferences=Sum("count"), errors=Sum("errors"))
-        .order_by("model", "served_by")
-    )
-    by_reason = list(
-        usage.filter(served_by="regional")
-        .values("offload_reason")
-        .annotate(inferences=Sum("count"))
-        .order_by("-inferences")
+    start, end = rating.month_bounds(year, month, tenant.time_zone)
+    usage = UsageHourly.objects.of(tenant, start, end)
+    by_model = list(usage.summed_by("model", "served_by"))
+    by_reason = sorted(
+        usage.filter(served_by="regional").summed_by("offload_reason"),
+        key=lambda row: -row["inferences"],
     )
     local = sum(r["inferences"] for r in by_model if r["served_by"] == "local")
     regional = sum(r["inferences"] for r in by_model if r["served_by"] == "regional")

@@ -84,10 +84,10 @@ def fleet_overview(request: HttpRequest) -> HttpResponse:
 @finance_required
 def margins(request: HttpRequest) -> HttpResponse:
     """Revenue against the node classes' cost model, per currency (fleet/margins.py)."""
-    from billing.finance_views import _month
+    from billing.finance_views import month_param
     from fleet.margins import margin_report
 
-    year, month = _month(request)
+    year, month = month_param(request)
     report = margin_report(year, month, include_drafts=request.GET.get("drafts") == "1")
     return render(
         request, "finance/margins.html", {"report": report, "label": f"{year}-{month:02d}"}

@@ -165,12 +165,32 @@ class QuarantinedUsage(models.Model):
         return f"{self.node_uid}: {self.reason}"
 
 
+class UsageHourlyQuerySet(models.QuerySet["UsageHourly"]):
+    def of(self, tenant: Tenant, start, end) -> UsageHourlyQuerySet:
+        """The tenant's hours in [start, end)."""
+        return self.filter(tenant=tenant, hour__gte=start, hour__lt=end)
+
+    def summed_by(self, *fields: str) -> models.QuerySet:
+        """Inferences, errors and energy per combination of `fields`, in their order."""
+        return (
+            self.values(*fields)
+            .annotate(
+                inferences=models.Sum("count"),
+                errors_total=models.Sum("errors"),
+                energy=models.Sum("energy_j"),
+            )
+            .order_by(*fields)
+        )
+
+
 class UsageHourly(UsageKey, UsageFacts):
     """Records summed per hour: what billing rates and dashboards chart. Derived data,
     recomputed from the ledger for every (tenant, hour) that received records
     (billing/ingest.py: refresh_rollups)."""
 
     hour = models.DateTimeField()
+
+    objects = UsageHourlyQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "hour"], name="hourly_tenant_hour")]
