@@ -1,7 +1,13 @@
-from django.contrib import admin
+import re
 
+from django.contrib import admin
+from django.db import models, transaction
+
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import (
     ApiKey,
+    AuditEntry,
     BandTerms,
     FeatureBundle,
     FeatureBundlePrice,
@@ -18,6 +24,83 @@ from billing.models import (
     UsageBatch,
 )
 
+# What an edit here changes, for the audit log (rows and their inlines alike).
+AUDIT_CATEGORIES = {
+    Tenant: AuditCategory.MONEY,  # budget, currency, jurisdiction, billing e-mail
+    Membership: AuditCategory.ACCESS,
+    ApiKey: AuditCategory.ACCESS,
+    Price: AuditCategory.MONEY,
+    LatencyBand: AuditCategory.MONEY,
+    BandTerms: AuditCategory.MONEY,
+    Subscription: AuditCategory.MONEY,
+    FeatureBundle: AuditCategory.MONEY,
+    FeatureBundlePrice: AuditCategory.MONEY,
+    TaxRate: AuditCategory.MONEY,
+}
+
+
+def _stored(obj) -> dict | None:
+    """The row as the database has it before the admin saves over it."""
+    stored = type(obj)._base_manager.filter(pk=obj.pk).first() if obj.pk else None
+    return audit.fields_of(stored) if stored is not None else None
+
+
+def _audit_admin_edit(request, obj, verb: str, before, after, *, subject=None, tenant=None):
+    if before == after:
+        return
+    # ApiKey → "api_key.changed", as the console's own actions name it.
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(obj).__name__).lower()
+    audit.record(
+        f"{name}.{verb}",
+        category=AUDIT_CATEGORIES[type(obj)],
+        actor=request.user,
+        subject=subject or obj,
+        before=before,
+        after=after,
+        tenant=tenant,
+        note="in the admin",
+    )
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Edits in the admin are audited like the console's own actions ("membership.changed" by
+    the signed-in operator, the row before and after). The admin saves and deletes inside a
+    transaction (bulk deletes here too), so each entry commits with its change."""
+
+    def save_model(self, request, obj, form, change):
+        before = _stored(obj) if change else None
+        super().save_model(request, obj, form, change)
+        _audit_admin_edit(request, obj, "changed" if change else "created", before, _stored(obj))
+
+    def delete_model(self, request, obj):
+        subject, before = audit.subject_of(obj), audit.fields_of(obj)
+        # A deleted tenant cannot be the entry's tenant; a row of one still names it.
+        tenant = None if isinstance(obj, Tenant) else audit.tenant_of(obj, None)
+        super().delete_model(request, obj)
+        _audit_admin_edit(request, obj, "deleted", before, None, subject=subject, tenant=tenant)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
+
+    def save_formset(self, request, form, formset, change):
+        # The forms' instances hold the new values already: the old ones come from the rows.
+        old = {
+            id(f.instance): (audit.subject_of(f.instance), _stored(f.instance))
+            for f in formset.forms
+            if f.instance.pk
+        }
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            _audit_admin_edit(request, obj, "created", None, _stored(obj))
+        for obj, _fields in formset.changed_objects:
+            _audit_admin_edit(request, obj, "changed", old[id(obj)][1], _stored(obj))
+        for obj in formset.deleted_objects:
+            subject, before = old[id(obj)]
+            tenant = audit.tenant_of(obj, None)
+            _audit_admin_edit(request, obj, "deleted", before, None, subject=subject, tenant=tenant)
+
 
 class MembershipInline(admin.TabularInline):
     model = Membership
@@ -26,15 +109,17 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(AuditedAdmin):
     list_display = ["name", "slug", "time_zone", "currency", "monthly_budget", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
+    # A webhook address typed without a scheme means https (Django 6's default already).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(AuditedAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role", "tenant"]
     list_select_related = ["user", "tenant"]
@@ -42,7 +127,7 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin):
     # Keys are issued in the portal (the secret is shown once there); the admin can revoke.
     list_display = ["prefix", "name", "tenant", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["tenant"]
@@ -62,7 +147,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Price)
-class PriceAdmin(admin.ModelAdmin):
+class PriceAdmin(AuditedAdmin):
     """Append-only: a price that has taken effect is view-only and cannot be deleted (the model
     refuses too); a scheduled one may be changed or withdrawn until its time comes."""
 
@@ -186,13 +271,13 @@ class BandTermsInline(admin.TabularInline):
 
 
 @admin.register(LatencyBand)
-class LatencyBandAdmin(admin.ModelAdmin):
+class LatencyBandAdmin(AuditedAdmin):
     list_display = ["name", "slug", "position"]
     inlines = [BandTermsInline]
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(AuditedAdmin):
     """Change a tenant's band with the portal's form (billing/plans.py: change_band), which
     ends the current subscription and starts the next; here for corrections."""
 
@@ -207,12 +292,31 @@ class FeatureBundlePriceInline(admin.TabularInline):
 
 
 @admin.register(FeatureBundle)
-class FeatureBundleAdmin(admin.ModelAdmin):
+class FeatureBundleAdmin(AuditedAdmin):
     list_display = ["name", "slug", "features"]
     inlines = [FeatureBundlePriceInline]
 
 
 @admin.register(TaxRate)
-class TaxRateAdmin(admin.ModelAdmin):
+class TaxRateAdmin(AuditedAdmin):
     list_display = ["jurisdiction", "name", "rate", "effective_from"]
     list_filter = ["jurisdiction"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """The audit log, read-only (the console's page at /audit/ filters and exports it)."""
+
+    list_display = [
+        "at",
+        "actor_label",
+        "actor_kind",
+        "tenant",
+        "category",
+        "action",
+        "subject_label",
+    ]
+    list_filter = ["category", "actor_kind"]
+    list_select_related = ["tenant"]
+    search_fields = ["action", "actor_label", "subject_label", "note"]
+    date_hierarchy = "at"

@@ -29,6 +29,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.invoicing import forecast, month_of
 from billing.models import AlertKind, BudgetStatus, Invoice, SpendingAlert, Tenant
 from billing.signals import budget_state_changed
@@ -97,6 +99,17 @@ def check_budget(tenant: Tenant, *, now: datetime | None = None) -> list[Spendin
                     fired.append(alert)
         if changed:
             budget_state_changed.send(sender=Tenant, tenant=tenant, exhausted=exhausted)
+            # Routing changes with it (on_budget_exhausted): the log says when and why.
+            audit.record(
+                "budget.exhausted" if exhausted else "budget.restored",
+                category=AuditCategory.MONEY,
+                actor=None,
+                subject=tenant,
+                before={"exhausted": not exhausted},
+                after={"exhausted": exhausted, "spend": spend, "budget": budget},
+                note=f"{year}-{month:02d}",
+                at=now,
+            )
         if fired:
             from billing.tasks import deliver_alert_task
 

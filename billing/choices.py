@@ -63,3 +63,35 @@ INVOICE_TRANSITIONS = {
     InvoiceStatus.PAID: set(),
     InvoiceStatus.VOID: set(),
 }
+
+
+# --- the audit log (billing/models/audit.py) ---------------------------------------------------
+
+
+class AuditCategory(models.TextChoices):
+    """What an audited action changed."""
+
+    MONEY = "money", "Money"
+    POLICY = "policy", "Policy"
+    DEPLOYMENT = "deployment", "Deployment"
+    ACCESS = "access", "Access"
+
+
+AUDIT_CATEGORY_BADGE = {
+    AuditCategory.MONEY: "success",
+    AuditCategory.POLICY: "primary",
+    AuditCategory.DEPLOYMENT: "info",
+    AuditCategory.ACCESS: "warning",
+}
+
+
+class ActorKind(models.TextChoices):
+    """Who acted: a person by role, a tenant's API key, a node, or the console itself (beat
+    tasks, automatic rollbacks, Stripe's webhooks, the demo seed)."""
+
+    OPERATOR = "operator", "Operator"
+    FINANCE = "finance", "Finance"
+    TENANT = "tenant", "Tenant member"
+    API_KEY = "api_key", "API key"
+    NODE = "node", "Node"
+    SYSTEM = "system", "System"

@@ -18,7 +18,8 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from billing.choices import InvoiceStatus
+from billing import audit
+from billing.choices import AuditCategory, InvoiceStatus
 from billing.invoicing import InvoicingError, finalise_invoice, previous_month
 from billing.models import CloseRun, Invoice, QuarantinedUsage, Tenant
 
@@ -105,6 +106,13 @@ def start_close(year: int, month: int, *, acting_user=None) -> CloseRun:
         )
         run = CloseRun.objects.create(
             year=year, month=month, started_by=acting_user, total=len(ids), invoice_ids=ids
+        )
+        audit.record(
+            "month_close.started",
+            category=AuditCategory.MONEY,
+            actor=acting_user,
+            subject=audit.Subject("billing.closerun", str(run.pk), f"close of {year}-{month:02d}"),
+            after={"month": f"{year}-{month:02d}", "drafts": len(ids)},
         )
         run_id = run.pk
         transaction.on_commit(lambda: close_month_task.delay(run_id))

@@ -369,6 +369,14 @@ def _export(table: _Table, fmt: str, name: str) -> ExportFile:
     raise ExportError(f"{fmt!r} is not an export format ({', '.join(FORMATS)})")
 
 
+def table_export(
+    name: str, columns: Sequence[Column], rows: Callable[[], Iterable[dict[str, Any]]], fmt: str
+) -> ExportFile:
+    """Rows of another page (dicts keyed by the columns' headers, read lazily) as CSV or
+    XLSX, written like the ledgers here (the audit log's export)."""
+    return _export(_Table(name[:31], columns, rows), fmt, name)
+
+
 def _filename(what: str, period: Period, tenant: Tenant | None) -> str:
     # Slugs are [a-z0-9-_], safe in a Content-Disposition header as they are.
     who = f"-{tenant.slug}" if tenant is not None else ""

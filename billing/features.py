@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import FeatureActivation, FeatureBundle, Tenant
 
 
@@ -43,11 +45,25 @@ def switch(tenant: Tenant, bundle: FeatureBundle, on: bool, *, actor=None) -> Fe
                 raise FeatureError(f"{bundle.name} is already on for {tenant.name}")
             if bundle.price_at(tenant.currency, now) is None:
                 raise FeatureError(f"{bundle.name} has no {tenant.currency} price yet")
-            return FeatureActivation.objects.create(
+            activation = FeatureActivation.objects.create(
                 tenant=tenant, bundle=bundle, starts_at=now, created_by=actor
             )
+            _audit("feature.activated", activation, actor, on=True)
+            return activation
         if current is None:
             raise FeatureError(f"{bundle.name} is not on for {tenant.name}")
         current.ends_at = max(now, current.starts_at + timedelta(microseconds=1))
         current.save(update_fields=["ends_at"])
+        _audit("feature.deactivated", current, actor, on=False)
         return current
+
+
+def _audit(action: str, activation: FeatureActivation, actor, *, on: bool) -> None:
+    audit.record(
+        action,
+        category=AuditCategory.MONEY,
+        actor=actor,
+        subject=activation,
+        before={"add_on": activation.bundle.name, "on": not on},
+        after={"add_on": activation.bundle.name, "on": on},
+    )

@@ -1,6 +1,9 @@
 from django import forms
+from django.db import transaction
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import Price
 
 
@@ -54,7 +57,19 @@ class PriceForm(forms.ModelForm):
         return self.cleaned_data["effective_from"] or timezone.now()
 
     def schedule(self, *, created_by) -> Price:
+        """Save the price with its audit entry; `before` there is the price it takes over
+        from (None for a first price)."""
         price = self.save(commit=False)
         price.created_by = created_by
-        price.save()
+        with transaction.atomic():
+            price.save()
+            previous = price.superseded()
+            audit.record(
+                "price.created",
+                category=AuditCategory.MONEY,
+                actor=created_by,
+                subject=price,
+                before=previous.snapshot() if previous is not None else None,
+                after=price.snapshot(),
+            )
         return price

@@ -27,8 +27,8 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing import rating
-from billing.choices import InvoiceStatus
+from billing import audit, rating
+from billing.choices import AuditCategory, InvoiceStatus
 from billing.currencies import quantize
 from billing.models import (
     LATENCY_COLUMNS,
@@ -340,6 +340,7 @@ def finalise_invoice(invoice: Invoice, *, acting_user=None, now: datetime | None
                 "in order"
             )
         tenant = invoice.tenant
+        before = {"status": invoice.status, "total": quantize(invoice.total, invoice.currency)}
         rated, terms = rate_month(tenant, invoice.year, invoice.month, now)
         _write(invoice, rated, terms, tenant, cutoff=now)
         invoice.number = InvoiceNumber.take(now)
@@ -352,6 +353,20 @@ def finalise_invoice(invoice: Invoice, *, acting_user=None, now: datetime | None
             actor=acting_user,
             at=now,
             detail={"number": invoice.number, "total": str(invoice.total)},
+        )
+        audit.record(
+            "invoice.finalised",
+            category=AuditCategory.MONEY,
+            actor=acting_user,
+            subject=invoice,
+            at=now,
+            before=before,
+            after={
+                "status": invoice.status,
+                "number": invoice.number,
+                "total": quantize(invoice.total, invoice.currency),
+                "currency": invoice.currency,
+            },
         )
         if settings.STRIPE_API_KEY:
             from billing.tasks import sync_invoice_task

@@ -8,6 +8,8 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import LatencyBand, Subscription, Tenant
 
 
@@ -37,4 +39,15 @@ def change_band(
                 raise PlanError("the current band started after that time; choose a later one")
             current.ends_at = at
             current.save(update_fields=["ends_at"])
-        return Subscription.objects.create(tenant=tenant, band=band, starts_at=at, created_by=actor)
+        subscription = Subscription.objects.create(
+            tenant=tenant, band=band, starts_at=at, created_by=actor
+        )
+        audit.record(
+            "subscription.band_changed",
+            category=AuditCategory.MONEY,
+            actor=actor,
+            subject=subscription,
+            before={"band": current.band.name} if current is not None else None,
+            after={"band": band.name, "starts_at": at},
+        )
+    return subscription

@@ -1,9 +1,17 @@
 import django_tables2 as tables
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
-from billing.choices import PRICE_STATE_BADGE, PriceState
-from billing.models import ApiKey, Price, Tenant, format_price
+from billing import audit
+from billing.choices import (
+    AUDIT_CATEGORY_BADGE,
+    PRICE_STATE_BADGE,
+    ActorKind,
+    AuditCategory,
+    PriceState,
+)
+from billing.models import ApiKey, AuditEntry, Price, Tenant, format_price
 
 
 class ApiKeyTable(tables.Table):
@@ -80,4 +88,86 @@ class PriceTable(tables.Table):
             state = PriceState.SUPERSEDED
         return format_html(
             '<span class="badge text-bg-{}">{}</span>', PRICE_STATE_BADGE[state], state.label
+        )
+
+
+# The provider's people, as a tenant's portal names them (their usernames are the provider's).
+PROVIDER_KINDS = {ActorKind.OPERATOR, ActorKind.FINANCE}
+# A value longer than this is cut in the table; the CSV export has it whole.
+SHOWN_VALUE_CHARS = 60
+
+
+def _clipped(value: object) -> str:
+    text = audit.shown(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 1] + "…"
+
+
+class AuditEntryTable(tables.Table):
+    """The audit log, newest first. Cells read the row and its joined tenant only, so a page
+    costs the same queries however many rows it has. `portal=True`: a tenant's own log, which
+    names the provider's operators and finance people as "the provider"."""
+
+    at = tables.DateTimeColumn(verbose_name="When (UTC)", format="Y-m-d H:i:s")
+    # Not the user foreign key: the label kept on the row (no query, and the name outlives
+    # the user).
+    actor = tables.Column(accessor="actor_label", verbose_name="Who", orderable=False)
+    tenant = tables.Column(accessor="tenant__slug", verbose_name="Tenant", default="—")
+    category = tables.Column(verbose_name="Category")
+    action = tables.Column(verbose_name="Action")
+    subject = tables.Column(empty_values=(), verbose_name="Subject", orderable=False)
+    changes = tables.Column(empty_values=(), verbose_name="Before → after", orderable=False)
+    note = tables.Column(default="", orderable=False)
+
+    class Meta:
+        model = AuditEntry
+        fields = ["at", "actor", "tenant", "category", "action", "subject", "changes", "note"]
+        attrs = {"class": "table table-sm align-middle"}
+        empty_text = "No audit entries match."
+
+    def __init__(self, *args, portal: bool = False, **kwargs) -> None:
+        if portal:
+            kwargs.setdefault("exclude", ("tenant",))
+        super().__init__(*args, **kwargs)
+        self.portal = portal
+
+    def render_actor(self, record: AuditEntry) -> SafeString:
+        if self.portal and record.actor_kind in PROVIDER_KINDS:
+            return format_html('<span class="text-body-secondary">{}</span>', "the provider")
+        kind = ActorKind(record.actor_kind).label.lower()
+        return format_html(
+            '{} <span class="badge text-bg-light border">{}</span>', record.actor_label, kind
+        )
+
+    def render_tenant(self, value: str) -> SafeString:
+        return format_html("<code>{}</code>", value)
+
+    def render_category(self, value: str, record: AuditEntry) -> SafeString:
+        return format_html(
+            '<span class="badge text-bg-{}">{}</span>',
+            AUDIT_CATEGORY_BADGE.get(record.category, "secondary"),
+            AuditCategory(record.category).label,
+        )
+
+    def render_action(self, value: str) -> SafeString:
+        return format_html("<code>{}</code>", value)
+
+    def render_subject(self, record: AuditEntry) -> SafeString:
+        return format_html(
+            '{} <span class="text-body-secondary small">{} {}</span>',
+            record.subject_label,
+            record.subject_type,
+            record.subject_id,
+        )
+
+    def render_changes(self, record: AuditEntry) -> SafeString:
+        rows = audit.changes(record.before, record.after)
+        if not rows:
+            return format_html('<span class="text-body-secondary">{}</span>', "—")
+        return format_html(
+            '<ul class="list-unstyled small mb-0 font-monospace">{}</ul>',
+            format_html_join(
+                "",
+                "<li>{}: <del>{}</del> → <ins>{}</ins></li>",
+                ((name, _clipped(old), _clipped(new)) for name, old, new in rows),
+            ),
         )

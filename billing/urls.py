@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing import portal_views, views
+from billing import audit_views, portal_views, views
 
 app_name = "portal"
 urlpatterns = [
@@ -14,4 +14,5 @@ urlpatterns = [
     path("<slug:tenant>/band/", portal_views.change_band_view, name="change_band"),
     path("<slug:tenant>/keys/", views.api_keys, name="api_keys"),
     path("<slug:tenant>/keys/<int:pk>/revoke/", views.revoke_api_key, name="revoke_api_key"),
+    path("<slug:tenant>/audit/", audit_views.portal_audit, name="audit"),
 ]

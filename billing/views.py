@@ -83,7 +83,7 @@ def revoke_api_key(request, membership: Membership, pk: int):
     if membership.role not in KEY_MANAGERS:
         return HttpResponseForbidden("Viewers cannot revoke API keys.")
     key = get_object_or_404(ApiKey, pk=pk, tenant=membership.tenant)
-    key.revoke()
+    key.revoke(actor=request.user)
     messages.success(request, f"Key {key.prefix}… ({key.name}) is revoked.")
     return redirect("portal:api_keys", tenant=membership.tenant.slug)
 
@@ -156,7 +156,7 @@ def delete_price(request, pk: int):
     """Withdraw a scheduled price. One that has taken effect is history and stays."""
     price = get_object_or_404(Price, pk=pk)
     try:
-        price.delete()
+        price.withdraw(actor=request.user)
     except PriceInEffectError as exc:
         messages.error(request, str(exc))
     else:

@@ -11,6 +11,7 @@ from billing.api import keys_router, tokens_router
 from billing.prices_api import prices_router
 from fleet.api import deployments_router, fleet_router, models_router, node_router
 from fleet.policy_api import policy_router
+from fleet.slo_api import slo_router
 
 api = NinjaAPI(
     title="Outpost API",
@@ -59,3 +60,4 @@ api.add_router("/usage", usage_router)
 api.add_router("/invoices", invoices_router)
 api.add_router("/prices", prices_router)
 api.add_router("/policy", policy_router)
+api.add_router("/slo", slo_router)

@@ -183,6 +183,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.check_drift_task",
         "schedule": 20.0,
     },
+    # Prometheus' file_sd targets from the registry (fleet/observability/targets.py).
+    "write-prometheus-targets": {
+        "task": "fleet.tasks.write_prometheus_targets_task",
+        "schedule": 30.0,
+    },
     "prune-node-samples": {
         "task": "fleet.tasks.prune_node_samples_task",
         "schedule": 3600.0,
@@ -205,6 +210,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.publish_bundle_task",
         "schedule": float(env_int("OUTPOST_BUNDLE_CHECK_S", 30, minimum=1)),
         "args": (["periodic check"],),
+    },
+    # Every compliance check, daily (and after relevant changes: fleet/signals.py). An
+    # interval, not a time of day: beat runs it when it first starts, then every period.
+    "run-compliance-checks": {
+        "task": "fleet.tasks.run_compliance_task",
+        "schedule": float(env_int("OUTPOST_COMPLIANCE_INTERVAL_S", 24 * 3600, minimum=60)),
+        "kwargs": {"trigger": "schedule"},
     },
 }
 
@@ -288,10 +300,29 @@ OUTPOST_TENANT_QUALITY_CREDIT_SHARE = Decimal(
     str(env_float("OUTPOST_TENANT_QUALITY_CREDIT_SHARE", 0.5, lo=0.0, hi=1.0))
 )
 OUTPOST_DECISION_RETENTION_H = env_int("OUTPOST_DECISION_RETENTION_H", 72, minimum=1)
+# Compliance checks (fleet/compliance.py, docs/compliance.md): a node may enforce an older
+# bundle than the newest for this long; API keys and node credentials are due for rotation
+# after these many days; node endpoints must be https:// (production: on by default). After a
+# relevant change, a run follows this many seconds later, one for a burst of changes.
+OUTPOST_POLICY_MAX_STALENESS_S = env_int("OUTPOST_POLICY_MAX_STALENESS_S", 600, minimum=10)
+OUTPOST_API_KEY_ROTATION_DAYS = env_int("OUTPOST_API_KEY_ROTATION_DAYS", 90, minimum=1)
+OUTPOST_NODE_CREDENTIAL_ROTATION_DAYS = env_int(
+    "OUTPOST_NODE_CREDENTIAL_ROTATION_DAYS", 90, minimum=1
+)
+OUTPOST_REQUIRE_NODE_TLS = env_bool("OUTPOST_REQUIRE_NODE_TLS", not DEBUG)
+OUTPOST_COMPLIANCE_DEBOUNCE_S = env_int("OUTPOST_COMPLIANCE_DEBOUNCE_S", 30, minimum=0)
 # Uploads of up to this size stay in memory; larger ones spool to a temporary file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 2**20
 # The URL nodes use to reach the console, shown in the enrollment command.
 OUTPOST_PUBLIC_URL = env_url("OUTPOST_PUBLIC_URL") or "http://127.0.0.1:8000"
+
+# The metrics store (fleet/observability): a Prometheus server scraping the agents, read with
+# prometheus-api-client; unset, the console's own usage rollups and heartbeat samples.
+PROMETHEUS_URL = env_url("PROMETHEUS_URL")
+# The scrape targets file (Prometheus file_sd) the console writes from its fleet registry.
+OUTPOST_PROMETHEUS_TARGETS_FILE = Path(
+    env_str("OUTPOST_PROMETHEUS_TARGETS_FILE", str(VAR_DIR / "prometheus" / "outpost-nodes.json"))
+)
 
 LOGGING = {
     "version": 1,

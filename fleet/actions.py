@@ -12,6 +12,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from fleet import artifacts
 from fleet.choices import VersionStatus
 from fleet.models import (
@@ -67,7 +69,40 @@ def enroll_node(request: EnrollRequest) -> tuple[Node, str]:
         token.used_at = timezone.now()
         token.node = node
         token.save(update_fields=["used_at", "node"])
+        audit.record(
+            "node.enrolled",
+            category=AuditCategory.ACCESS,
+            actor=audit.node_actor(node.uid),
+            subject=node,
+            after={"uid": node.uid, "name": node.name, "region": token.region.code,
+                   "node_class": token.node_class.name, "endpoint": node.endpoint},
+            note=f"with enrollment token {token.prefix}… issued by {token.created_by or 'the console'}",
+        )  # fmt: skip
     return node, credential
+
+
+def request_credential_rotation(node: Node, *, actor) -> bool:
+    """Ask the node for a new credential: its next heartbeat answer says so, it fetches one
+    (fleet.api next_credential), saves it and uses it, which retires the old one
+    (Node.authenticate). False when a request is already waiting for the node."""
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        if locked.credential_rotation_requested_at is not None:
+            node.credential_rotation_requested_at = locked.credential_rotation_requested_at
+            return False
+        locked.credential_rotation_requested_at = timezone.now()
+        locked.save(update_fields=["credential_rotation_requested_at"])
+        audit.record(
+            "node.credential_rotation_requested",
+            category=AuditCategory.ACCESS,
+            actor=actor,
+            subject=locked,
+            before={"credential_rotated_at": locked.credential_rotated_at},
+            after={"credential_rotation_requested_at": locked.credential_rotation_requested_at},
+        )
+    node.credential_rotation_requested_at = locked.credential_rotation_requested_at
+    log.info("credential rotation of %s requested by %s", node, actor)
+    return True
 
 
 def register_model_version(
@@ -78,11 +113,13 @@ def register_model_version(
     description: str = "",
     signals: dict[str, str] | None = None,
     uploaded_by=None,
+    actor=None,
 ) -> tuple[ModelVersion, bool]:
     """Validate and store an upload as the model's next version, then grade it in Celery.
 
     The same bytes uploaded again for the same model are recognised: the existing version is
     returned with created=False and nothing is stored twice. Raises InvalidArtifact.
+    `actor` is who the audit log names (a user or an API key); default `uploaded_by`.
     """
     _, signature = artifacts.inspect(data)
     schema = artifacts.check_signals(signals) if signals is not None else None
@@ -112,6 +149,15 @@ def register_model_version(
             outputs=signature.outputs,
             uploaded_by=uploaded_by,
         )
+        audit.record(
+            "model_version.registered",
+            category=AuditCategory.DEPLOYMENT,
+            actor=actor or uploaded_by,
+            subject=version,
+            after={"model": model.name, "version": version.version, "sha256": digest,
+                   "size_bytes": len(data)},
+            tenant=owner,
+        )  # fmt: skip
         transaction.on_commit(lambda: grade_version_task.delay(version.pk))
     return version, True
 
@@ -209,7 +255,16 @@ def publish_bundle_now(*, acting_user) -> Publication:
     """Compile and, when the policy changed, sign and push the next bundle at once instead of
     waiting for the beat's periodic check (fleet.policy_plane.publish_bundle)."""
     now = timezone.now()
-    record = publish_bundle([f"published by {acting_user}"], now=now)
+    with transaction.atomic():
+        record = publish_bundle([f"published by {acting_user}"], now=now)
+        if record is not None:
+            audit.record(
+                "bundle.published",
+                category=AuditCategory.POLICY,
+                actor=acting_user,
+                subject=record,
+                after={"revision": record.revision},
+            )
     if record is not None:
         return Publication(record=record, refused=None, latest=record.revision)
     # publish_bundle stamps its refusal with the `now` it was given.

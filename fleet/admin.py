@@ -2,9 +2,13 @@ from django.contrib import admin
 
 from fleet.models import (
     AcceleratorPool,
+    ComplianceFinding,
+    ComplianceRun,
     Deployment,
     DeploymentEvent,
     EnrollmentToken,
+    ExportClassification,
+    ExportRule,
     FleetSettingChange,
     Model,
     ModelVersion,
@@ -118,9 +122,9 @@ class EnrollmentTokenAdmin(admin.ModelAdmin):
 
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "created_at"]
-    list_filter = ["owner"]
-    list_select_related = ["owner"]
+    list_display = ["name", "owner", "export_classification", "created_at"]
+    list_filter = ["owner", "export_classification"]
+    list_select_related = ["owner", "export_classification"]
     search_fields = ["name", "description"]
 
 
@@ -184,6 +188,7 @@ class TenantPolicyAdmin(ReadOnlyAdmin):
         "on_budget_exhausted",
         "fail_closed_after_s",
         "rate_limit_per_s",
+        "residency_zone",
         "revision",
         "updated_at",
     ]
@@ -212,3 +217,64 @@ class FleetSettingChangeAdmin(ReadOnlyAdmin):
     list_display = ["at", "kind", "subject", "actor", "summary"]
     list_filter = ["kind"]
     list_select_related = ["actor"]
+
+
+# --- export control and compliance ------------------------------------------------------------
+
+
+class ExportRuleInline(admin.TabularInline):
+    model = ExportRule
+    extra = 1
+    fields = ["jurisdiction", "effect", "note"]
+
+
+@admin.register(ExportClassification)
+class ExportClassificationAdmin(admin.ModelAdmin):
+    """Classifications and their jurisdiction rules are data: a change here makes the
+    compliance checks run again (fleet.signals)."""
+
+    list_display = ["code", "name"]
+    search_fields = ["code", "name", "description"]
+    inlines = [ExportRuleInline]
+
+
+@admin.register(ExportRule)
+class ExportRuleAdmin(admin.ModelAdmin):
+    list_display = ["classification", "jurisdiction", "effect", "note"]
+    list_filter = ["effect", "classification"]
+    list_select_related = ["classification"]
+    search_fields = ["jurisdiction", "note", "classification__code"]
+
+
+@admin.register(ComplianceRun)
+class ComplianceRunAdmin(ReadOnlyAdmin):
+    """Runs and findings are written by fleet.compliance_actions.run_checks only."""
+
+    list_display = [
+        "started_at",
+        "trigger",
+        "reason",
+        "checks_run",
+        "open_count",
+        "opened_count",
+        "resolved_count",
+    ]
+    list_filter = ["trigger"]
+    date_hierarchy = "started_at"
+
+
+@admin.register(ComplianceFinding)
+class ComplianceFindingAdmin(ReadOnlyAdmin):
+    list_display = [
+        "check_id",
+        "severity",
+        "subject",
+        "tenant",
+        "region",
+        "first_seen_at",
+        "last_seen_at",
+        "resolved_at",
+    ]
+    list_filter = ["severity", "check_id"]
+    list_select_related = ["tenant"]
+    search_fields = ["subject", "message", "subject_key"]

@@ -138,8 +138,23 @@ def heartbeat(request: HttpRequest, body: protocol.HeartbeatReport):
             desired_models=desired_versions(node),
             memory_budget_bytes=memory_budget_bytes(node),
             simulated_temperature_c=node.simulated_temperature_c,
+            rotate_credential=node.credential_rotation_requested_at is not None,
         ),
     )
+
+
+@node_router.post(
+    "/credential",
+    response={200: protocol.NodeCredential},
+    auth=NodeCredentialAuth(),
+    summary="A new credential for the calling node, shown once; the current one stays valid "
+    "until the node first uses the new one",
+)
+def next_credential(request: HttpRequest, response: HttpResponse):
+    node: Node = request.auth
+    # A secret: no cache on the way may keep a copy.
+    response["Cache-Control"] = "no-store"
+    return Status(200, protocol.NodeCredential(credential=node.issue_next_credential()))
 
 
 @node_router.post(
@@ -376,6 +391,7 @@ def register_model(
             description=description,
             signals=schema,
             uploaded_by=request.user if request.user.is_authenticated else None,
+            actor=request.auth,  # an API key or the operator: who the audit log names
         )
     except InvalidArtifact as exc:
         raise HttpError(400, str(exc)) from None

@@ -103,7 +103,7 @@ def time_series_figure(
     An empty chart says `empty_text`; it is empty when no point has a value, or when `empty`
     says so (a series of zeros computed from no readings at all is no data, not zero).
     """
-    fig = go.Figure(layout=_layout(y_title=y_title, y_format=y_format, height=height))
+    fig = go.Figure(layout=chart_layout(y_title=y_title, y_format=y_format, height=height))
     colours = iter(COLOURS * 10)
     has_points = False
     for name, points in series.items():
@@ -111,7 +111,7 @@ def time_series_figure(
         bold = name == highlight
         fig.add_trace(
             go.Scatter(
-                x=[_utc_naive(at) for at, _ in points],
+                x=[utc_naive(at) for at, _ in points],
                 # Four decimals are more than a chart shows and keep the polled JSON small.
                 y=[None if value is None else round(value, 4) for _, value in points],
                 name=name,
@@ -130,7 +130,7 @@ def time_series_figure(
     if x_range is not None:
         # The whole range asked for, even where there is no data: charts side by side align,
         # and a node that started reporting an hour ago does not look like it always did.
-        fig.update_xaxes(range=[_utc_naive(moment) for moment in x_range], autorange=False)
+        fig.update_xaxes(range=[utc_naive(moment) for moment in x_range], autorange=False)
     fig.update_layout(showlegend=len(series) > 1)
     if empty if empty is not None else not has_points:
         fig.add_annotation(
@@ -177,7 +177,7 @@ def requests_figure(
     )
 
 
-def _layout(*, y_title: str, y_format: str, height: int) -> go.Layout:
+def chart_layout(*, y_title: str, y_format: str, height: int) -> go.Layout:
     # template "none" keeps each figure ~1 kB instead of ~7 kB of theme: pages poll often.
     return go.Layout(
         template="none",
@@ -190,7 +190,7 @@ def _layout(*, y_title: str, y_format: str, height: int) -> go.Layout:
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"},
         # A constant uirevision makes Plotly.react keep the user's zoom across refreshes.
         uirevision="keep",
-        # Times are UTC (see _utc_naive); the cards around the charts say so. Flat, sparse
+        # Times are UTC (see utc_naive); the cards around the charts say so. Flat, sparse
         # ticks: rotated two-line date labels collide in a half-width card.
         xaxis={
             "type": "date",
@@ -209,7 +209,7 @@ def _layout(*, y_title: str, y_format: str, height: int) -> go.Layout:
     )
 
 
-def _utc_naive(moment: datetime) -> datetime:
+def utc_naive(moment: datetime) -> datetime:
     # plotly.js has no time zones: it shows what it is given. The pages say the times are UTC.
     # Whole seconds: heartbeats are seconds apart, and the JSON is shorter.
     if moment.tzinfo is not None:
@@ -296,7 +296,7 @@ TARGET_COLOUR = "#dc3545"
 _LOG_SPREAD = 50
 
 
-def _target_line(fig: go.Figure, y: float, label: str) -> None:
+def target_line(fig: go.Figure, y: float, label: str) -> None:
     """A dashed horizontal line across the plot at `y`, labelled at its right end."""
     fig.add_shape(
         type="line",
@@ -324,7 +324,7 @@ def grading_figure(
 ) -> go.Figure:
     """The model page's grading chart: p50 and p95 per node class in ms, the grade's p95
     target as a line, and the chosen class outlined and labelled (fleet.grading.verdict)."""
-    fig = go.Figure(layout=_layout(y_title="ms", y_format="", height=280))
+    fig = go.Figure(layout=chart_layout(y_title="ms", y_format="", height=280))
     names = [c.node_class for c in latencies]
     target_ms = target_s * 1000
     notes = [
@@ -361,7 +361,7 @@ def grading_figure(
                 },
             )
         )
-    _target_line(fig, target_ms, f"p95 target {target_ms:.3g} ms")
+    target_line(fig, target_ms, f"p95 target {target_ms:.3g} ms")
     fig.update_layout(barmode="group", hovermode="closest", showlegend=True)
     fig.update_xaxes(
         type="category",
@@ -395,10 +395,10 @@ def drift_figure(
 ) -> go.Figure:
     """A version's PSI per minute against its baseline, with the alert threshold; minutes with
     too few rows to judge are gaps (fleet.drift_actions.series)."""
-    fig = go.Figure(layout=_layout(y_title="PSI", y_format="", height=240))
+    fig = go.Figure(layout=chart_layout(y_title="PSI", y_format="", height=240))
     fig.add_trace(
         go.Scatter(
-            x=[_utc_naive(minute) for minute, _, _ in points],
+            x=[utc_naive(minute) for minute, _, _ in points],
             y=[None if value is None else round(value, 4) for _, value, _ in points],
             customdata=[rows for _, _, rows in points],
             mode="lines+markers",
@@ -408,7 +408,7 @@ def drift_figure(
             hovertemplate="PSI %{y:.3f} over %{customdata:,} rows<extra></extra>",
         )
     )
-    _target_line(fig, threshold, f"alert above {threshold:g}")
+    target_line(fig, threshold, f"alert above {threshold:g}")
     highest = max([threshold] + [v for _, v, _ in points if v is not None])
     fig.update_yaxes(range=[0, highest * 1.2])
     fig.update_layout(showlegend=False)
@@ -418,7 +418,7 @@ def drift_figure(
 def distribution_figure(labels: Sequence[str], series: Mapping[str, Sequence[float]]) -> go.Figure:
     """Shares of rows per bin (top class, or value range) for the baseline and recent
     minutes, side by side."""
-    fig = go.Figure(layout=_layout(y_title="share of rows", y_format=".0%", height=240))
+    fig = go.Figure(layout=chart_layout(y_title="share of rows", y_format=".0%", height=240))
     for (name, shares), colour in zip(series.items(), ("#adb5bd", COLOURS[3]), strict=False):
         fig.add_trace(
             go.Bar(

@@ -163,3 +163,45 @@ DECISION_BADGE = {
     DecisionAction.OFFLOAD: "primary",
     DecisionAction.REFUSE: "danger",
 }
+
+
+# --- compliance (fleet.compliance, fleet.models.compliance) -----------------------------------
+
+
+class Severity(models.TextChoices):
+    """How bad a compliance finding is; `--fail-on` and the list order read SEVERITY_RANK."""
+
+    CRITICAL = "critical", "Critical"
+    HIGH = "high", "High"
+    MEDIUM = "medium", "Medium"
+    LOW = "low", "Low"
+
+
+SEVERITY_RANK = {
+    Severity.CRITICAL: 4,
+    Severity.HIGH: 3,
+    Severity.MEDIUM: 2,
+    Severity.LOW: 1,
+}
+
+SEVERITY_BADGE = {
+    Severity.CRITICAL: "danger",
+    Severity.HIGH: "warning",
+    Severity.MEDIUM: "info",
+    Severity.LOW: "secondary",
+}
+
+
+class ComplianceTrigger(models.TextChoices):
+    """What started a compliance run (fleet.models.ComplianceRun)."""
+
+    SCHEDULE = "schedule", "Daily schedule"
+    CHANGE = "change", "After a change"
+    COMMAND = "command", "Command line"
+    MANUAL = "manual", "Run by an operator"
+
+
+class ExportEffect(models.TextChoices):
+    """What an export rule does to a classification in a jurisdiction."""
+
+    FORBID = "forbid", "Forbid deployment"

@@ -3,23 +3,13 @@
 Nodes summarise each version's outputs per minute (`inference/drift.py`, the wire format in
 `inference.protocol.OutputWindow`): top-class counts for classifiers, per-output histograms
 over fixed bounds otherwise. The console merges a minute's windows from every node and
-compares the merged distribution with the version's *baseline* by the population stability
-index,
-
-    PSI = Σ (a_i − e_i) · ln(a_i / e_i)
-
-over the bins either side uses, with `a` and `e` the shares of rows in each bin now and in the
-baseline, each count smoothed by half a row (Jeffreys), so a class that appears from nowhere
-counts, but finitely, and a thin minute's empty bins do not explode the sum. The
-usual reading: under 0.1 no shift, 0.1-0.25 a moderate one, above 0.25 a significant one. For
-several outputs the largest PSI counts.
-
-A PSI measured on samples is biased upwards by sampling noise alone: for small differences it
-is close to a chi-square statistic, so two samples of the *same* distribution over k bins give
-about (k − 1)(1/n_now + 1/n_baseline) on average — 0.5 for 16 classes and 30 rows a minute,
-twice the alert threshold. `summary_psi` subtracts that expected noise (never below 0), so a
-quiet model with many classes does not raise alerts that are only arithmetic; with thousands
-of rows the correction vanishes.
+compares the merged distribution with the version's *baseline* by the noise-corrected
+population stability index (`summary_psi`). That arithmetic — `Summary`, `merge`, `psi`,
+`sampling_noise`, `corrected_psi`, `summary_psi` — lives in inference/drift.py, where the
+node computes its `outpost_model_drift_psi` gauge with it against the reference the console
+sends (protocol.DesiredVersion.drift_reference); it is re-exported here so both sides are one
+arithmetic. The usual reading: under 0.1 no shift, 0.1-0.25 a moderate one, above 0.25 a
+significant one. For several outputs the largest PSI counts.
 
 The baseline is the previous version's outputs (over the same recent period when it still
 serves, as in a canary, else its last hour), or for a first version a reference captured
@@ -31,13 +21,21 @@ threshold; fleet.drift_actions raises an alert then, and a deployment with
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-# Half a row added to every used bin's count on both sides (Jeffreys smoothing).
-SMOOTHING = 0.5
-CLASSES, VALUES = "classes", "values"
+# Re-exported: the console's drift measurement and the node's gauge share this arithmetic.
+from inference.drift import (  # noqa: F401
+    CLASSES,
+    SMOOTHING,
+    VALUES,
+    Summary,
+    corrected_psi,
+    merge,
+    psi,
+    sampling_noise,
+    summary_psi,
+)
 
 
 @dataclass(frozen=True)
@@ -55,128 +53,6 @@ class DriftSettings:
             raise ValueError("the drift threshold must be above 0 (0.25 is the usual choice)")
         if self.sustained_minutes < 1 or self.min_rows < 1 or self.baseline_minutes < 1:
             raise ValueError("sustained_minutes, min_rows and baseline_minutes must be ≥ 1")
-
-
-@dataclass
-class Summary:
-    """Outputs of one version over some minutes and nodes, merged."""
-
-    kind: str | None = None
-    rows: int = 0
-    classes: list[int] = field(default_factory=list)
-    # output name -> (histogram, sum of means weighted by rows, rows)
-    values: dict[str, tuple[list[int], float, int]] = field(default_factory=dict)
-
-    def add(self, window: Mapping) -> None:
-        """Add one window (an OutputWindow as a dict, or a stored row with the same keys)."""
-        rows = int(window.get("rows") or 0)
-        classes = window.get("classes")
-        values = window.get("values")
-        kind = CLASSES if classes is not None else VALUES if values is not None else None
-        if kind is None or (self.kind is not None and kind != self.kind):
-            return  # a version does not change kind; a stray window is ignored
-        self.kind = kind
-        self.rows += rows
-        if kind == CLASSES:
-            if len(classes) > len(self.classes):
-                self.classes.extend([0] * (len(classes) - len(self.classes)))
-            for i, count in enumerate(classes):
-                self.classes[i] += int(count)
-            return
-        for item in values:
-            histogram, weighted, counted = self.values.get(item["name"], ([], 0.0, 0))
-            merged = _added(histogram, item["histogram"])
-            self.values[item["name"]] = (merged, weighted + item["mean"] * rows, counted + rows)
-
-    def means(self) -> dict[str, float]:
-        return {name: (w / n if n else 0.0) for name, (_, w, n) in self.values.items()}
-
-    def to_json(self) -> dict:
-        return {
-            "kind": self.kind,
-            "rows": self.rows,
-            "classes": self.classes,
-            "values": {k: list(v) for k, v in self.values.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> Summary:
-        return cls(
-            kind=data.get("kind"),
-            rows=int(data.get("rows") or 0),
-            classes=list(data.get("classes") or []),
-            values={k: (list(h), float(w), int(n)) for k, (h, w, n) in data["values"].items()},
-        )
-
-
-def merge(windows: Iterable[Mapping]) -> Summary:
-    summary = Summary()
-    for window in windows:
-        summary.add(window)
-    return summary
-
-
-def _added(a: Sequence[int], b: Sequence[int]) -> list[int]:
-    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
-    result = list(longer)
-    for i, count in enumerate(shorter):
-        result[i] += count
-    return result
-
-
-def psi(expected: Sequence[int], actual: Sequence[int]) -> float:
-    """Population stability index of `actual` against `expected` (counts per bin), over the
-    bins either uses, counts smoothed by `SMOOTHING`."""
-    size = max(len(expected), len(actual))
-    pairs = [
-        (expected[i] if i < len(expected) else 0, actual[i] if i < len(actual) else 0)
-        for i in range(size)
-    ]
-    pairs = [(e, a) for e, a in pairs if e or a]
-    e_total, a_total = sum(e for e, _ in pairs), sum(a for _, a in pairs)
-    if not e_total or not a_total:
-        return 0.0
-    e_norm = e_total + SMOOTHING * len(pairs)
-    a_norm = a_total + SMOOTHING * len(pairs)
-    result = 0.0
-    for e, a in pairs:
-        e_share = (e + SMOOTHING) / e_norm
-        a_share = (a + SMOOTHING) / a_norm
-        result += (a_share - e_share) * math.log(a_share / e_share)
-    return result
-
-
-def sampling_noise(expected: Sequence[int], actual: Sequence[int]) -> float:
-    """The PSI two samples of one distribution show on average, from their sizes and the
-    number of bins either uses (see the module docstring)."""
-    size = max(len(expected), len(actual))
-    used = sum(
-        1
-        for i in range(size)
-        if (i < len(expected) and expected[i]) or (i < len(actual) and actual[i])
-    )
-    e_total, a_total = sum(expected), sum(actual)
-    if not e_total or not a_total or used < 2:
-        return 0.0
-    return (used - 1) * (1 / e_total + 1 / a_total)
-
-
-def corrected_psi(expected: Sequence[int], actual: Sequence[int]) -> float:
-    """PSI less its expected sampling noise, never below 0."""
-    return max(0.0, psi(expected, actual) - sampling_noise(expected, actual))
-
-
-def summary_psi(baseline: Summary, current: Summary) -> float | None:
-    """Noise-corrected PSI of `current` against `baseline`; None when they cannot be compared
-    (no rows, or different kinds or outputs)."""
-    if not baseline.rows or not current.rows or baseline.kind != current.kind:
-        return None
-    if current.kind == CLASSES:
-        return corrected_psi(baseline.classes, current.classes)
-    common = sorted(set(baseline.values) & set(current.values))
-    if not common:
-        return None
-    return max(corrected_psi(baseline.values[n][0], current.values[n][0]) for n in common)
 
 
 @dataclass(frozen=True)

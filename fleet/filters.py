@@ -13,9 +13,12 @@ from fleet.choices import (
     Grade,
     NodeStatus,
     PrivacyMode,
+    Severity,
     VersionStatus,
 )
+from fleet.compliance import CHECKS
 from fleet.models import (
+    ComplianceFinding,
     DecisionLog,
     Deployment,
     Model,
@@ -237,3 +240,62 @@ class DecisionLogFilterSet(django_filters.FilterSet):
                 field.widget.attrs.update(
                     {"placeholder": placeholders[name], "spellcheck": "false"}
                 )
+
+
+def _region_choices() -> list[tuple[str, str]]:
+    return [(code, code) for code in Region.objects.values_list("code", flat=True)]
+
+
+class ComplianceFindingFilterSet(django_filters.FilterSet):
+    """Filters the compliance findings: by check, severity, open or resolved, tenant, region,
+    and words of the subject, what was found or how to fix it. Names in the address are the
+    checks' ids, slugs and region codes (?check=residency.traffic&tenant=acme&status=open)."""
+
+    check = django_filters.ChoiceFilter(
+        field_name="check_id",
+        choices=[(check.id, check.id) for check in CHECKS],
+        empty_label="Any check",
+        label="Check",
+    )
+    severity = django_filters.ChoiceFilter(
+        choices=Severity.choices, empty_label="Any severity", label="Severity"
+    )
+    status = django_filters.ChoiceFilter(
+        choices=(("open", "Open"), ("resolved", "Resolved")),
+        method="by_status",
+        empty_label="Open or resolved",
+        label="Status",
+    )
+    tenant = django_filters.ModelChoiceFilter(
+        queryset=Tenant.objects.order_by("slug"), to_field_name="slug", empty_label="Any tenant"
+    )
+    region = django_filters.ChoiceFilter(
+        choices=_region_choices, empty_label="Any region", label="Region"
+    )
+    q = django_filters.CharFilter(method="search", label="Search")
+
+    class Meta:
+        model = ComplianceFinding
+        fields = ["check", "severity", "status", "tenant", "region", "q"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name, field in self.form.fields.items():
+            field.widget.attrs["class"] = "form-control" if name == "q" else "form-select"
+        self.form.fields["q"].widget.attrs.update(
+            {"placeholder": "Subject, finding or fix", "type": "search"}
+        )
+
+    def by_status(self, queryset, name: str, value: str):
+        return queryset.open() if value == "open" else queryset.resolved()
+
+    def search(self, queryset, name: str, value: str):
+        value = value.strip()
+        if not value:
+            return queryset
+        return queryset.filter(
+            Q(subject__icontains=value)
+            | Q(subject_key__icontains=value)
+            | Q(message__icontains=value)
+            | Q(fix__icontains=value)
+        )

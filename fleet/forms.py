@@ -10,7 +10,10 @@ from decimal import Decimal
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import Tenant
 from fleet import artifacts, simulator
 from fleet.actions import register_model_version
@@ -125,13 +128,23 @@ class EnrollForm(BootstrapForm):
 
     def issue(self, *, created_by) -> tuple[EnrollmentToken, str]:
         """Issue the token; returns it and its secret, which is not stored anywhere."""
-        return EnrollmentToken.issue(
-            node_name=self.cleaned_data["node_name"],
-            region=self.cleaned_data["region"],
-            node_class=self.cleaned_data["node_class"],
-            created_by=created_by,
-            ttl=timedelta(hours=self.cleaned_data["expires_in_hours"]),
-        )
+        with transaction.atomic():
+            token, secret = EnrollmentToken.issue(
+                node_name=self.cleaned_data["node_name"],
+                region=self.cleaned_data["region"],
+                node_class=self.cleaned_data["node_class"],
+                created_by=created_by,
+                ttl=timedelta(hours=self.cleaned_data["expires_in_hours"]),
+            )
+            audit.record(
+                "enrollment_token.issued",
+                category=AuditCategory.ACCESS,
+                actor=created_by,
+                subject=token,
+                after={"node_name": token.node_name, "region": token.region.code,
+                       "node_class": token.node_class.name, "expires_at": token.expires_at},
+            )  # fmt: skip
+        return token, secret
 
 
 class ChartRangeForm(forms.Form):
@@ -605,6 +618,19 @@ class RateLimitForm(_OperatorPolicyFieldForm):
     )
 
 
+class ResidencyZoneForm(_OperatorPolicyFieldForm):
+    """An operator's binding of a tenant to a residency zone: its requests and models stay in
+    the regions of that zone (routes never leave it; fleet.compliance reports what does)."""
+
+    field = "residency_zone"
+    residency_zone = forms.CharField(
+        required=False,
+        max_length=10,
+        label="Residency zone",
+        help_text="Empty: not bound to a zone.",
+    )
+
+
 class NodeClassThresholdsForm(BootstrapForm):
     """A node class's thermal envelope and cost ceilings per grade (fleet.policies.
     set_node_class_thresholds). Prefixed by the class, as the page shows one per class."""
@@ -764,7 +790,19 @@ class ThermalSimulationForm(BootstrapForm):
     def save(self, *, actor) -> bool | None:
         """Apply it; whether it changed anything, or None when refused (reasons on the form)."""
         try:
-            return self.node.simulate_temperature(self.target, actor=actor)
+            with transaction.atomic():
+                before = self.node.simulated_temperature_c
+                changed = self.node.simulate_temperature(self.target, actor=actor)
+                if changed:
+                    audit.record(
+                        "thermal_simulation.changed",
+                        category=AuditCategory.POLICY,
+                        actor=actor,
+                        subject=self.node,
+                        before={"simulated_temperature_c": before},
+                        after={"simulated_temperature_c": self.node.simulated_temperature_c},
+                    )
+                return changed
         except ValidationError as exc:
             add_validation_errors(self, ValidationError({"temperature_c": exc.messages}))
             return None

@@ -14,6 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import ApiKey, Tenant
 from fleet.choices import PolicyActorKind, SettingKind
 from fleet.models import (
@@ -81,12 +83,13 @@ def update_policy(
         if actor_kind != PolicyActorKind.OPERATOR:
             # Sending the current value back (a GET's body PUT again) is not a change.
             refused = [
-                f for f in OPERATOR_FIELDS if f in changes and changes[f] != getattr(policy, f)
+                f for f in OPERATOR_FIELDS if f in changes and _changes(policy, f, changes[f])
             ]
             if refused:
                 raise ValidationError({name: [OPERATOR_ONLY] for name in refused})
         before = policy.snapshot()
-        for name, value in clean_policy({**policy.values(), **changes}).items():
+        cleaned = clean_policy({**policy.values(), **changes}, zones=_zones_for(policy, changes))
+        for name, value in cleaned.items():
             setattr(policy, name, value)
         after = policy.snapshot()
         if after == before:
@@ -107,7 +110,35 @@ def update_policy(
             after=after,
             summary=summarise_change(before, after),
         )
+        audit.record(
+            "policy.updated",
+            category=AuditCategory.POLICY,
+            actor=api_key or actor,
+            subject=policy,
+            before=before,
+            after=after,
+            tenant=tenant,
+            note=f"revision {policy.revision}",
+        )
     return policy
+
+
+def _changes(policy: TenantPolicy, name: str, value: object) -> bool:
+    """Whether sending `value` for an operator's field changes it: the current value sent
+    back is no change, and for the residency zone neither is null for an unbound one."""
+    current = getattr(policy, name)
+    if name == "residency_zone":
+        return (value or "") != current
+    return value != current
+
+
+def _zones_for(policy: TenantPolicy, changes: Mapping[str, object]) -> set[str] | None:
+    """The regions' residency zones, when the change binds the tenant to a new one (a
+    binding must name a zone some region has); None, and no query, otherwise."""
+    zone = changes.get("residency_zone")
+    if not isinstance(zone, str) or not zone.strip() or zone.strip() == policy.residency_zone:
+        return None
+    return set(Region.objects.values_list("residency_zone", flat=True).distinct())
 
 
 # --- the operators' settings ------------------------------------------------------------------
@@ -255,4 +286,12 @@ def _record(kind: str, subject: str, before: dict, after: dict, actor) -> None:
         before=before,
         after=after,
         summary=summarise_change(before, after),
+    )
+    audit.record(
+        f"{kind}.changed",
+        category=AuditCategory.POLICY,
+        actor=actor,
+        subject=audit.Subject(f"fleet.{kind}", subject, subject),
+        before=before,
+        after=after,
     )

@@ -49,6 +49,10 @@ class PolicyOut(Schema):
         description="Set by the provider's operators: requests per second each node admits "
         "(429 with Retry-After beyond); null: no limit"
     )
+    residency_zone: str = Field(
+        description="Set by the provider's operators: the residency zone (e.g. EU) the "
+        "tenant's requests and models stay in; empty: not bound"
+    )
     updated_at: datetime
 
 
@@ -80,6 +84,9 @@ FailClosedIn = _loose(
 RateLimitIn = _loose(
     {"type": ["integer", "null"]}, "Read-only for tenants: may be sent back unchanged"
 )
+ResidencyZoneIn = _loose(
+    {"type": ["string", "null"]}, "Read-only for tenants: may be sent back unchanged"
+)
 RevisionIn = _loose({"type": "integer"}, "Optional: refuse the change unless it is current")
 ReadOnlyIn = _loose({"type": "string"}, "Read-only: may be sent back, is ignored")
 
@@ -99,6 +106,7 @@ class PolicyIn(Schema):
     on_budget_exhausted: BudgetActionIn = None
     fail_closed_after_s: FailClosedIn = None
     rate_limit_per_s: RateLimitIn = None
+    residency_zone: ResidencyZoneIn = None
     tenant: ReadOnlyIn = None
     currency: ReadOnlyIn = None
     revision: RevisionIn = None

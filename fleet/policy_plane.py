@@ -154,6 +154,8 @@ def _tenant_rules(
         features=features,
         fail_closed_after_s=values["fail_closed_after_s"],
         rate_limit_per_s=values.get("rate_limit_per_s"),
+        # Routes out of the zone are never compiled (fleet.bundles.allowed_pools).
+        residency_zone=values.get("residency_zone") or None,
     )
 
 

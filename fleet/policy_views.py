@@ -3,9 +3,10 @@
 - In a tenant's portal, `/portal/<tenant>/policy/`: the policy, the form that edits it (owners
   and developers; viewers read), and its history.
 - For operators, `/fleet/policies/`: every tenant's policy (with the operators' own settings,
-  fail closed after a staleness and a rate limit), each node class's thermal envelope and cost
-  ceilings, each region's accelerator pool, and the recent changes. Each form posts to its own
-  address and, when refused, the page comes back with the reasons on that form.
+  fail closed after a staleness, a rate limit and a residency zone), each node class's thermal
+  envelope and cost ceilings, each region's accelerator pool, and the recent changes. Each form
+  posts to its own address and, when refused, the page comes back with the reasons on that
+  form.
 - For operators, `/fleet/policies/simulator/`: what a node would decide for a request under
   the newest bundle (fleet.simulator, which runs the nodes' own inference.policy.decide).
 
@@ -34,6 +35,7 @@ from fleet.forms import (
     NodeClassThresholdsForm,
     PolicyForm,
     RateLimitForm,
+    ResidencyZoneForm,
     SimulatorForm,
 )
 from fleet.models import (
@@ -147,6 +149,17 @@ def rate_limit(request: HttpRequest, tenant: str) -> HttpResponse:
     return _save_operator_field(request, tenant, RateLimitForm, said, "rate_limit_error")
 
 
+@require_POST
+@operator_required
+def residency_zone(request: HttpRequest, tenant: str) -> HttpResponse:
+    def said(slug: str, zone: str) -> str:
+        if zone:
+            return f"{slug}: bound to zone {zone}; its requests and models stay in it."
+        return f"{slug}: no longer bound to a residency zone."
+
+    return _save_operator_field(request, tenant, ResidencyZoneForm, said, "residency_error")
+
+
 def _save_operator_field(request, tenant: str, form_class, said, error_key: str) -> HttpResponse:
     """Save one operator-only policy field of a tenant from its form on the operator page:
     back to the page with what changed, or the page with the refused form in its row."""
@@ -200,6 +213,7 @@ def _operator_page(
     *,
     fail_closed_error: dict | None = None,
     rate_limit_error: dict | None = None,
+    residency_error: dict | None = None,
     bound: dict[tuple[str, str], object] | None = None,
 ) -> HttpResponse:
     """The page, with a refused form (`bound`, `fail_closed_error`) in place of its blank one.
@@ -244,6 +258,9 @@ def _operator_page(
             "table": table,
             "fail_closed_error": fail_closed_error,
             "rate_limit_error": rate_limit_error,
+            "residency_error": residency_error,
+            # What the residency cells offer: the zones the regions have.
+            "residency_zones": sorted({region.residency_zone for region in regions}),
             "class_forms": class_forms,
             "pools": pools,
             "recent_policy_changes": recent_policy_changes,

@@ -12,7 +12,10 @@ import httpx
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from pydantic import ValidationError
 
+from billing import audit
+from billing.choices import AuditCategory
 from billing.models import Tenant
 from billing.signing import console_private_key
 from fleet import rollouts
@@ -30,7 +33,7 @@ from fleet.models import (
 from fleet.policy_plane import node_client
 from fleet.tasks import push_desired_task
 from inference import protocol
-from inference.protocol import ARTIFACT_PATH, DesiredPush, DesiredVersion
+from inference.protocol import ARTIFACT_PATH, DesiredPush, DesiredVersion, DriftReference
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,19 @@ class RolloutError(Exception):
     """The request cannot be carried out; the message says why, for the operator."""
 
 
-def _event(deployment: Deployment, old_state: str, reason: str, actor=None) -> None:
+def _event(
+    deployment: Deployment,
+    old_state: str,
+    reason: str,
+    actor=None,
+    *,
+    action: str,
+    before: dict | None = None,
+    after: dict | None = None,
+    tenant: Tenant | None = None,
+) -> None:
+    """The deployment's history row and its audit entry (`action`, e.g. "deployment.paused";
+    no actor: the console's own judgement). `before`/`after` default to the states."""
     DeploymentEvent.objects.create(
         deployment=deployment,
         from_state=old_state,
@@ -52,6 +67,18 @@ def _event(deployment: Deployment, old_state: str, reason: str, actor=None) -> N
         percent=deployment.current_percent,
         reason=reason[:300],
         actor=actor,
+    )
+    now = {"state": deployment.state, "percent": deployment.current_percent}
+    audit.record(
+        action,
+        category=AuditCategory.DEPLOYMENT,
+        actor=actor,
+        subject=deployment,
+        before=before if before is not None else ({"state": old_state} if old_state else None),
+        after=after if after is not None else now,
+        # A tenant's own model's deployment is in that tenant's log too.
+        tenant=tenant or deployment.version.model.owner,
+        note=reason,
     )
 
 
@@ -146,7 +173,13 @@ def start_rollout(
         deployment.node_classes.set(node_classes)
         deployment.step_baseline = rollouts.totals(_reports(deployment))
         deployment.save(update_fields=["step_baseline"])
-        _event(deployment, "", f"started at {deployment.current_percent} %", acting_user)
+        _event(
+            deployment,
+            "",
+            f"started at {deployment.current_percent} %",
+            acting_user,
+            action="deployment.started",
+        )
         push_to(deployment)
     return deployment
 
@@ -169,7 +202,7 @@ def pause(deployment: Deployment, *, acting_user=None, reason: str = "paused by 
             raise RolloutError(f"only a rolling deployment can be paused (this one is {d.state})")
         d.state = DeploymentState.PAUSED
         d.save(update_fields=["state"])
-        _event(d, DeploymentState.ROLLING, reason, acting_user)
+        _event(d, DeploymentState.ROLLING, reason, acting_user, action="deployment.paused")
 
 
 def resume(deployment: Deployment, *, acting_user=None) -> None:
@@ -181,7 +214,9 @@ def resume(deployment: Deployment, *, acting_user=None) -> None:
         d.step_started_at = timezone.now()
         d.step_baseline = rollouts.totals(_reports(d))
         d.save(update_fields=["state", "step_started_at", "step_baseline"])
-        _event(d, DeploymentState.PAUSED, "resumed by hand", acting_user)
+        _event(
+            d, DeploymentState.PAUSED, "resumed by hand", acting_user, action="deployment.resumed"
+        )
 
 
 def promote(deployment: Deployment, *, acting_user=None) -> None:
@@ -197,7 +232,7 @@ def promote(deployment: Deployment, *, acting_user=None) -> None:
         d.step_index = len(d.steps) - 1
         d.finished_at = timezone.now()
         d.save(update_fields=["state", "step_index", "finished_at"])
-        _event(d, old, "promoted by hand", acting_user)
+        _event(d, old, "promoted by hand", acting_user, action="deployment.promoted")
         push_to(d)
 
 
@@ -214,7 +249,7 @@ def roll_back(deployment: Deployment, *, reason: str, acting_user=None) -> None:
         d.state = DeploymentState.ROLLED_BACK
         d.finished_at = timezone.now()
         d.save(update_fields=["state", "finished_at"])
-        _event(d, old, reason, acting_user)
+        _event(d, old, reason, acting_user, action="deployment.rolled_back")
         push_to(d)
 
 
@@ -245,7 +280,16 @@ def pin(deployment: Deployment, tenant: Tenant, side: str, *, acting_user=None) 
         created = TenantPin.objects.create(
             deployment=d, tenant=tenant, side=side, created_by=acting_user
         )
-        _event(d, d.state, f"{tenant.slug} pinned to v{target.version}", acting_user)
+        _event(
+            d,
+            d.state,
+            f"{tenant.slug} pinned to v{target.version}",
+            acting_user,
+            action="deployment.tenant_pinned",
+            before={"tenant": tenant.slug, "pin": existing.side if existing else None},
+            after={"tenant": tenant.slug, "pin": side, "version": target.version},
+            tenant=tenant,
+        )
         push_to(d)
     return created
 
@@ -257,7 +301,16 @@ def unpin(deployment: Deployment, tenant: Tenant, *, acting_user=None) -> None:
         deleted, _ = TenantPin.objects.filter(deployment=d, tenant=tenant).delete()
         if not deleted:
             raise RolloutError(f"{tenant.slug} is not pinned in this deployment")
-        _event(d, d.state, f"{tenant.slug} unpinned: follows the traffic split", acting_user)
+        _event(
+            d,
+            d.state,
+            f"{tenant.slug} unpinned: follows the traffic split",
+            acting_user,
+            action="deployment.tenant_unpinned",
+            before={"tenant": tenant.slug, "pinned": True},
+            after={"tenant": tenant.slug, "pinned": False},
+            tenant=tenant,
+        )
         push_to(d)
 
 
@@ -297,19 +350,25 @@ def judge(deployment: Deployment, *, now=None) -> rollouts.Decision:
             d.step_started_at = now
             d.step_baseline = rollouts.totals(reports)
             d.save(update_fields=["gate_note", "step_index", "step_started_at", "step_baseline"])
-            _event(d, DeploymentState.ROLLING, f"{reason}; now {d.current_percent} %")
+            _event(
+                d,
+                DeploymentState.ROLLING,
+                f"{reason}; now {d.current_percent} %",
+                action="deployment.advanced",
+                before={"state": DeploymentState.ROLLING, "percent": d.steps[d.step_index - 1]},
+            )
             push_to(d)
         elif decision == rollouts.Decision.COMPLETE:
             d.state = DeploymentState.COMPLETED
             d.finished_at = now
             d.save(update_fields=["gate_note", "state", "finished_at"])
-            _event(d, DeploymentState.ROLLING, reason)
+            _event(d, DeploymentState.ROLLING, reason, action="deployment.completed")
             push_to(d)
         else:
             d.state = DeploymentState.ROLLED_BACK
             d.finished_at = now
             d.save(update_fields=["gate_note", "state", "finished_at"])
-            _event(d, DeploymentState.ROLLING, reason)
+            _event(d, DeploymentState.ROLLING, reason, action="deployment.rolled_back")
             push_to(d)
     return decision
 
@@ -353,9 +412,24 @@ def desired_versions(node: Node) -> list[DesiredVersion]:
                     # The schema is the model's, so every version serves under the current one.
                     signals=deployment.version.model.signal_schema,
                     tenants=sorted(tenants),
+                    drift_reference=drift_reference(version),
                 )
             )
     return wanted
+
+
+def drift_reference(version: ModelVersion) -> DriftReference | None:
+    """The reference outputs captured for the version (fleet.drift_actions), for the node's
+    drift gauge; None when there are none, or when a stored one does not fit the wire's bounds
+    (then the node reports no drift for it rather than the heartbeat failing)."""
+    stored = version.drift_reference
+    if not stored or "summary" not in stored:
+        return None
+    try:
+        return DriftReference.model_validate(stored["summary"])
+    except ValidationError as exc:
+        log.warning("the drift reference of %s is not sent to nodes: %s", version, exc)
+        return None
 
 
 def memory_budget_bytes(node: Node) -> int:

@@ -589,8 +589,9 @@ def field_list(names: list[str]) -> SafeString:
 
 
 class TenantPolicyTable(Table):
-    """Every tenant's policy on the operator page, with the operator's own setting (fail
-    closed) as a form in its cell. Cells read the row and its joined tenant and editor."""
+    """Every tenant's policy on the operator page, with the operators' own settings (fail
+    closed, rate limit, residency zone) as forms in their cells. Cells read the row and its
+    joined tenant and editor."""
 
     tenant = Column(
         accessor="tenant__slug",
@@ -617,6 +618,11 @@ class TenantPolicyTable(Table):
         template_name="fleet/policies/_rate_limit_cell.html",
         verbose_name="Rate limit (/s per node)",
         attrs={"td": {"style": "min-width: 11rem"}},
+    )
+    residency_zone = TemplateColumn(
+        template_name="fleet/policies/_residency_cell.html",
+        verbose_name="Residency zone",
+        attrs={"td": {"style": "min-width: 10rem"}},
     )
     revision = NumberColumn()
     updated_at = Column(verbose_name="Changed", attrs={"td": {"class": "text-nowrap"}})

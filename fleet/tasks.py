@@ -136,3 +136,20 @@ def prune_decisions_task() -> int:
     from fleet.policy_plane import prune_decisions
 
     return prune_decisions()
+
+
+@shared_task
+def write_prometheus_targets_task() -> bool:
+    """Rewrite Prometheus' scrape targets file from the registry when the fleet changed."""
+    from fleet.observability.targets import write_targets
+
+    return write_targets(settings.OUTPOST_PROMETHEUS_TARGETS_FILE)
+
+
+@shared_task
+def run_compliance_task(trigger: str = "schedule", reason: str = "") -> int:
+    """Run every compliance check and keep the findings; returns the run's id. Beat runs it
+    daily, fleet.signals after relevant changes, an operator from the findings page."""
+    from fleet.compliance_actions import run_checks
+
+    return run_checks(trigger=trigger, reason=reason).pk

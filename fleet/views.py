@@ -22,6 +22,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_tables2 import RequestConfig
 
 from billing.roles import operator_required
+from fleet.actions import request_credential_rotation
 from fleet.charts import NODE_CHART_TITLES, figure_json, node_figures
 from fleet.filters import NodeFilterSet
 from fleet.forms import ChartRangeForm, EnrollForm, ThermalSimulationForm
@@ -105,6 +106,22 @@ def simulate_temperature(request: HttpRequest, uid: str) -> HttpResponse:
             )
         return redirect(f"{reverse('fleet:node', args=[found.uid])}#thermal-simulation")
     return _node_page(request, uid, simulation_form=form)
+
+
+@require_POST
+@operator_required
+def rotate_credential(request: HttpRequest, uid: str) -> HttpResponse:
+    """Ask the node for a new credential (the node page's Credential card)."""
+    found = get_object_or_404(Node, uid=uid)
+    if request_credential_rotation(found, actor=request.user):
+        messages.success(
+            request,
+            f"{found.name} gets a new credential with its next heartbeat; the current one is "
+            "refused once the node uses the new one.",
+        )
+    else:
+        messages.info(request, f"A rotation is already waiting for {found.name}'s next heartbeat.")
+    return redirect(f"{reverse('fleet:node', args=[found.uid])}#credential")
 
 
 def _node_page(

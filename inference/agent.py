@@ -10,6 +10,11 @@ console never blocks serving. The wire formats are `inference/protocol.py`'s.
   jitter; any other 4xx means the token is bad and the agent exits with a clear message.
 - Heartbeats: every `heartbeat_interval_s` (from the enrollment, then from each reply). Failures
   back off the same way; a 401 means the credential was revoked and is logged loudly.
+- Credential rotation: a reply with `rotate_credential` (an operator asked) makes the node
+  fetch its next credential (`POST protocol.CREDENTIAL_PATH`, with the current one), write it
+  into `identity.json` (atomically, as at enrollment) and only then use it for every call. The
+  console accepts the old credential until the new one is first used, so a node that dies
+  between the two keeps working with the old one and is asked again.
 - Desired models: a reply's `desired_models` goes to `ModelRepository.apply_desired`, which
   fetches artifacts through `inference/artifacts.py` with this node's credential and loads
   them in the background; each report lists every version with its health and any problem.
@@ -45,7 +50,7 @@ if TYPE_CHECKING:  # the CLI checks the identity before it imports onnxruntime a
     from inference.bundle_store import BundleStore
     from inference.gate import PolicyGate
     from inference.metrics import AgentMetrics
-    from inference.repository import ModelRepository
+    from inference.repository import Entry, ModelRepository
     from inference.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -136,11 +141,60 @@ def hottest_temperature() -> float | None:
     return float(max(readings)) if readings else None
 
 
+def memory_pressure() -> float:
+    """Share of the machine's memory in use, 0..1: the heartbeat's reading and the
+    `outpost_node_memory_pressure` gauge's."""
+    return min(max(psutil.virtual_memory().percent / 100, 0.0), 1.0)
+
+
 def system_readings() -> tuple[float, float, float | None]:
     """CPU load (1-min load average per core), memory pressure (0..1), hottest sensor."""
     cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
-    memory = psutil.virtual_memory().percent / 100
-    return max(cpu, 0.0), min(max(memory, 0.0), 1.0), hottest_temperature()
+    return max(cpu, 0.0), memory_pressure(), hottest_temperature()
+
+
+def reported_entries(repository: ModelRepository) -> list[Entry]:
+    """The versions a heartbeat reports (repository Entry objects): the local models that no
+    console-managed version of the same name shadows, then the managed ones; each with a
+    known sha256."""
+    managed_names = {name for name, _ in repository.managed}
+    local = [e for e in repository.entries.values() if e.name not in managed_names]
+    return [e for e in [*local, *repository.managed.values()] if e.sha256 is not None]
+
+
+def loaded_versions(repository: ModelRepository) -> list[tuple[str, str, bool]]:
+    """(model, version, ready) of each reported version: the `outpost_model_loaded` gauge."""
+    from inference.repository import READY
+
+    return [(e.name, e.version, e.state == READY) for e in reported_entries(repository)]
+
+
+def tokenisation(gate: PolicyGate | None) -> tuple[bool, list[str]]:
+    """Whether the node tokenises (it has a tokenisation key: only an enrolled node's gate
+    has one), and the tenants of its enforced bundle that declared sensitive fields, which
+    it therefore tokenises before a request of theirs leaves it (none when it cannot)."""
+    if gate is None or gate.tokeniser is None:
+        return False, []
+    view = gate.bundles.view
+    if view is None:
+        return True, []
+    return True, sorted(slug for slug, fields in view.sensitive.items() if fields)[:10_000]
+
+
+def remember_drift_references(
+    metrics: AgentMetrics, desired: list[protocol.DesiredVersion] | None
+) -> None:
+    """Keep the reference outputs the console sent with its desired versions, for the
+    `outpost_model_drift_psi` gauge (None: the console manages nothing here, keep them)."""
+    if desired is None:
+        return
+    from inference.drift import Summary
+
+    metrics.drift_references = {
+        (item.model, item.version): Summary.from_json(item.drift_reference.model_dump())
+        for item in desired
+        if item.drift_reference is not None
+    }
 
 
 def build_report(
@@ -160,12 +214,7 @@ def build_report(
     if gate is not None and gate.temperature_simulated:
         temperature, simulated = gate.temperature_c, True
     models = []
-    managed_names = {name for name, _ in repository.managed}
-    # A local model that the console's versions of the same name shadow is not reported.
-    local = [e for e in repository.entries.values() if e.name not in managed_names]
-    for entry in [*local, *repository.managed.values()]:
-        if entry.sha256 is None:
-            continue
+    for entry in reported_entries(repository):
         health = metrics.versions.get((entry.name, entry.version))
         ready = entry.state == READY
         models.append(
@@ -183,6 +232,7 @@ def build_report(
             )
         )
     models = models[:1000]
+    tokenising, tokenised_tenants = tokenisation(gate)
     return protocol.HeartbeatReport(
         node_uid=identity.node_uid,
         agent_version=__version__,
@@ -199,6 +249,8 @@ def build_report(
         bundle_revision=bundles.revision if bundles is not None else None,
         bundle_problem=bundles.problem if bundles is not None else None,
         decisions=gate.sampler.pending() if gate is not None else [],
+        tokenisation_active=tokenising,
+        tokenised_tenants=tokenised_tenants,
     )
 
 
@@ -266,6 +318,7 @@ class ConsoleLink:
         if push.memory_budget_bytes is not None:
             self.repository.offer_memory_budget(push.memory_budget_bytes)
         self.repository.apply_desired(push.desired_models)
+        remember_drift_references(self.metrics, push.desired_models)
         return 200, "applied"
 
     def accept_bundle_push(self, body: bytes) -> tuple[int, str]:
@@ -284,10 +337,23 @@ class ConsoleLink:
             return 409, str(exc)
         return 200, "enforcing"
 
-    async def fetch_bundle(self, identity: protocol.EnrollResponse) -> None:
+    def _authorization(self) -> dict[str, str]:
+        """The header of every call to the console: the node's current credential."""
+        assert self.identity is not None
+        return {"authorization": f"Bearer {self.identity.credential}"}
+
+    def _use_identity(self, identity: protocol.EnrollResponse) -> None:
+        """From now on, call the console with this identity's credential (heartbeats, bundle
+        fetches, artifact downloads; the usage meter reads `identity` itself)."""
+        self.identity = identity
+        self.repository.fetch = ArtifactStore(
+            self.state_dir / ARTIFACTS_DIR, self.console_url, identity.credential, self.client
+        ).fetch
+
+    async def fetch_bundle(self) -> None:
         """Pull the console's newest bundle; a 304 means this node has it already."""
         assert self.bundles is not None
-        headers = {"authorization": f"Bearer {identity.credential}"}
+        headers = self._authorization()
         if self.bundles.etag is not None:
             headers["if-none-match"] = self.bundles.etag
         try:
@@ -340,14 +406,11 @@ class ConsoleLink:
                     identity.name,
                     identity.node_uid,
                 )
-            self.identity = identity
+            self._use_identity(identity)
             if self.gate is not None:
                 self.gate.bind_identity(identity)
             self._trust_console_key(identity)
-            self.repository.fetch = ArtifactStore(
-                self.state_dir / ARTIFACTS_DIR, self.console_url, identity.credential, self.client
-            ).fetch
-            await self.heartbeat_forever(identity)
+            await self.heartbeat_forever()
         except (IdentityError, EnrollmentRefused) as exc:
             self.on_fatal(str(exc))
         finally:
@@ -416,18 +479,17 @@ class ConsoleLink:
             log.warning("enrollment at %s failed (%s); retrying in %.1f s", url, reason, delay)
             await asyncio.sleep(delay)
 
-    async def heartbeat_forever(self, identity: protocol.EnrollResponse) -> None:
+    async def heartbeat_forever(self) -> None:
+        assert self.identity is not None
         url = self.console_url + protocol.HEARTBEAT_PATH
-        headers = {
-            "authorization": f"Bearer {identity.credential}",
-            "content-type": "application/json",
-        }
-        interval = max(float(identity.heartbeat_interval_s), MIN_INTERVAL_S)
+        interval = max(float(self.identity.heartbeat_interval_s), MIN_INTERVAL_S)
         failures = 0
         while True:
             readings = await asyncio.to_thread(system_readings)
+            # Built anew each time: a rotation changes the credential.
+            headers = {**self._authorization(), "content-type": "application/json"}
             report = build_report(
-                identity,
+                self.identity,
                 self.repository,
                 self.metrics,
                 uptime_s=time.monotonic() - self.started,
@@ -441,9 +503,12 @@ class ConsoleLink:
                 if reply.memory_budget_bytes is not None:
                     self.repository.offer_memory_budget(reply.memory_budget_bytes)
                 self.repository.apply_desired(reply.desired_models)
+                remember_drift_references(self.metrics, reply.desired_models)
                 if self.gate is not None:
                     self.gate.simulate(reply.simulated_temperature_c)
-                await self._follow_bundle(identity, reply.desired_bundle_revision)
+                await self._follow_bundle(reply.desired_bundle_revision)
+                if reply.rotate_credential:
+                    await self.rotate_credential()
             if ok:
                 acknowledge_outputs(report, self.metrics)
                 if self.gate is not None and report.decisions:
@@ -461,14 +526,56 @@ class ConsoleLink:
                 delay = backoff_delay(failures)
             await asyncio.sleep(delay)
 
-    async def _follow_bundle(self, identity: protocol.EnrollResponse, desired: int | None) -> None:
+    async def _follow_bundle(self, desired: int | None) -> None:
         if self.bundles is None or desired is None:
             return
         current = self.bundles.revision
+        if self.bundles.hold and current is not None and desired > current:
+            self.bundles.problem = self.bundles.held_message(desired)
+            return
         if current is None or desired > current:
-            await self.fetch_bundle(identity)
+            await self.fetch_bundle()
         else:
             self.bundles.confirm(desired)
+
+    async def rotate_credential(self) -> bool:
+        """Get the next credential from the console, save it, then use it; True when the node
+        now uses a new one. Nothing changes on a failure: the current credential keeps
+        working until the new one is first used, and the next heartbeat asks again."""
+        identity = self.identity
+        assert identity is not None
+        url = self.console_url + protocol.CREDENTIAL_PATH
+        try:
+            response = await self.client.post(url, headers=self._authorization())
+        except httpx.HTTPError as exc:
+            log.warning("asking for a new credential failed: %s: %s", type(exc).__name__, exc)
+            return False
+        if response.status_code != 200:
+            log.warning(
+                "asking for a new credential answered HTTP %d: %s",
+                response.status_code,
+                error_text(response),
+            )
+            return False
+        try:
+            issued = protocol.NodeCredential.model_validate_json(response.content)
+        except ValidationError as exc:
+            log.warning("the console sent a credential this agent cannot read: %s", exc)
+            return False
+        rotated = identity.model_copy(update={"credential": issued.credential})
+        try:
+            path = await asyncio.to_thread(save_identity, self.state_dir, rotated)
+        except OSError as exc:
+            log.error(
+                "could not save the new node credential in %s (%s); the node keeps using the "
+                "current one, which the console still accepts, and tries again",
+                self.state_dir / IDENTITY_FILE,
+                exc,
+            )
+            return False
+        self._use_identity(rotated)
+        log.info("node credential rotated: the new one is saved in %s and used from now on", path)
+        return True
 
     async def _send_heartbeat(
         self, url: str, headers: dict[str, str], report: protocol.HeartbeatReport

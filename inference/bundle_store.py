@@ -52,8 +52,12 @@ class BundleStore:
         keys: dict[str, Ed25519PublicKey] | None = None,
         on_activate: list[Callable[[PolicyBundle], None]] | None = None,
         clock: Callable[[], float] = time.time,
+        hold: bool = False,
     ) -> None:
         self.state_dir = state_dir
+        # --hold-bundle: keep enforcing the bundle this node has (an incident freeze); newer
+        # ones are refused, and the console's compliance checks report the node stale.
+        self.hold = hold
         # Shared with the TokenVerifier when there is one, so both trust the same keys.
         self.keys: dict[str, Ed25519PublicKey] = keys if keys is not None else {}
         self.on_activate = on_activate or []
@@ -96,6 +100,8 @@ class BundleStore:
                 f"bundle {signed.bundle.revision} differs from the bundle {self.revision} this "
                 "node enforces; a revision is never replaced by another of the same number"
             )
+        if self.hold and self.signed is not None:
+            raise self._refused(self.held_message(signed.bundle.revision))
         try:
             bundle = protocol.verify_bundle(
                 signed,
@@ -109,6 +115,12 @@ class BundleStore:
             _write_atomically(self.state_dir / BUNDLE_FILE, signed.model_dump_json().encode())
         self._activate(signed, bundle, now)
         return True
+
+    def held_message(self, revision: int) -> str:
+        return (
+            f"held at revision {self.revision} (started with --hold-bundle): revision "
+            f"{revision} is not taken"
+        )
 
     def _refused(self, message: str) -> BundleError:
         self.problem = message[:500]

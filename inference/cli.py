@@ -141,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(offload reason `capacity`; default 64)",
     )
     tuning.add_argument(
+        "--hold-bundle",
+        action="store_true",
+        help="keep enforcing the policy bundle this node has and refuse newer ones (an "
+        "incident freeze); the node reports why, and the console's compliance checks flag it "
+        "as stale once the freeze outlives the allowed staleness",
+    )
+    tuning.add_argument(
+        "--no-tokenisation",
+        action="store_true",
+        help="do not tokenise tenants' sensitive fields: their requests are then never "
+        "offloaded from this node, and it reports tokenisation inactive (the console's "
+        "compliance checks flag it for tenants that declared sensitive fields)",
+    )
+    tuning.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     # Tests fold usage every second instead of every minute (tests/integration/test_agent_usage.py).
@@ -243,7 +257,15 @@ def serve(args: argparse.Namespace) -> int:
     # httpx logs every request at INFO: one line per heartbeat. Failures are logged by the
     # agent itself (inference/agent.py), with what it will do about them.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from inference.agent import ConsoleLink, IdentityError, load_identity
+    from inference.agent import (
+        ConsoleLink,
+        IdentityError,
+        hottest_temperature,
+        load_identity,
+        loaded_versions,
+        memory_pressure,
+        tokenisation,
+    )
 
     models_dir: Path = args.models
     if not models_dir.is_dir():
@@ -334,6 +356,11 @@ def serve(args: argparse.Namespace) -> int:
     )
     metrics.models_loaded = repository.loaded_count
     metrics.queue_depth = repository.queue_depth
+    metrics.memory_pressure = memory_pressure
+    metrics.loaded_versions = lambda: loaded_versions(repository)
+    # A standalone node reads its sensors at scrape time; an enrolled one's gate reads them
+    # (or follows the console's simulation) every second, and the gauge shows that.
+    metrics.temperature = lambda: (hottest_temperature(), False)
 
     exit_code = 0
     server: uvicorn.Server | None = None
@@ -353,7 +380,6 @@ def serve(args: argparse.Namespace) -> int:
     gate = None
     usage = None
     if args.console:
-        from inference.agent import hottest_temperature
         from inference.bundle_store import BundleStore
         from inference.enforcement import Tokeniser, load_or_create_key
         from inference.gate import PolicyGate
@@ -370,14 +396,18 @@ def serve(args: argparse.Namespace) -> int:
             verifier.revoked = frozenset(bundle.revoked_tokens)
 
         # The bundle store and the token verifier trust the same console keys.
-        bundles = BundleStore(state_dir, keys=token_verifier.keys, on_activate=[revoke])
+        bundles = BundleStore(
+            state_dir, keys=token_verifier.keys, on_activate=[revoke], hold=args.hold_bundle
+        )
         store = bundles
         metrics.bundle_revision = lambda: store.revision
         metrics.bundle_age_s = store.age_s
-        try:
-            tokeniser = Tokeniser(load_or_create_key(state_dir / TOKENISE_KEY_FILE))
-        except (OSError, ValueError) as exc:
-            return _fail(f"cannot read or create the tokenisation key in {state_dir}: {exc}")
+        tokeniser = None
+        if not args.no_tokenisation:
+            try:
+                tokeniser = Tokeniser(load_or_create_key(state_dir / TOKENISE_KEY_FILE))
+            except (OSError, ValueError) as exc:
+                return _fail(f"cannot read or create the tokenisation key in {state_dir}: {exc}")
         gate = PolicyGate(
             bundles,
             metrics,
@@ -387,6 +417,10 @@ def serve(args: argparse.Namespace) -> int:
             queue_limit=args.queue_limit,
             read_sensor=hottest_temperature,
         )
+        policy = gate
+        metrics.temperature = lambda: (policy.temperature_c, policy.temperature_simulated)
+        metrics.tokenisation_active = lambda: tokenisation(policy)[0]
+        metrics.power_model = lambda: class_power_model(policy)
         # Bound to every interface: the console can only reach us by a real name.
         wildcard = host in ("0.0.0.0", "::")  # noqa: S104
         advertise = args.advertise or _url(socket.gethostname() if wildcard else host, port)
@@ -468,6 +502,20 @@ def serve(args: argparse.Namespace) -> int:
     )
     server.run(sockets=[sock])
     return exit_code
+
+
+def class_power_model(gate: PolicyGate) -> tuple[float, float] | None:
+    """(idle watts, peak watts) of this node's class by the enforced bundle, for the node's
+    energy counter (inference/metrics.py NodeEnergy); None until the bundle says both."""
+    signed = gate.bundles.signed
+    if signed is None or gate.node_class is None:
+        return None
+    for thresholds in signed.bundle.thresholds:
+        if thresholds.node_class == gate.node_class:
+            if thresholds.idle_watts is None or thresholds.peak_watts is None:
+                return None
+            return thresholds.idle_watts, thresholds.peak_watts
+    return None
 
 
 def _usage_meter(

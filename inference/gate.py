@@ -121,7 +121,7 @@ class PolicyGate:
         *,
         queue_depth: Callable[[], int],
         run_seconds: Callable[[], dict[str, float]],
-        tokeniser: Tokeniser,
+        tokeniser: Tokeniser | None,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
         client: httpx.AsyncClient | None = None,
         read_sensor: Callable[[], float | None] | None = None,
@@ -379,6 +379,17 @@ class PolicyGate:
         view = self.bundles.view
         passed = {k.decode(): v.decode("latin-1") for k, v in headers if k in _PASSED_ON}
         json_length = passed.get("inference-header-content-length")
+        if admission.sensitive and admission.tenant is not None and self.tokeniser is None:
+            # A node started with --no-tokenisation never lets a tenant's sensitive fields
+            # leave it in clear: it refuses the offload (compliance flags such nodes).
+            admission.decision = _refusal(
+                503,
+                "tokenisation_off",
+                f"{admission.decision.rule}: this node cannot serve it and does not tokenise "
+                "sensitive fields, so it does not offload them",
+                retry=True,
+            )
+            return Forwarded(503, b"", b"application/json", [], None, 0.0)
         if admission.sensitive and admission.tenant is not None:
             body, new_length = self.tokeniser.rewrite_infer_body(
                 body,

@@ -5,8 +5,13 @@ and histograms are plain Python numbers without locks: an `observe` is a bisect 
 additions. A custom collector turns them into Prometheus families only when `/metrics` is
 scraped, through prometheus_client's own registry and text format.
 
-Labels are model names and outcomes only; never tenant or request ids (unbounded cardinality).
-Requests for models that do not exist are counted without a model label, for the same reason.
+Labels are model names, versions and outcomes only; never tenant or request ids (unbounded
+cardinality). Requests for models that do not exist are counted without a model label, for the
+same reason.
+
+The node's own state (memory pressure, temperature, loaded versions, drift, tokenisation) is
+read from callables the CLI sets (`inference/cli.py`) when `/metrics` is scraped, so nothing
+on the hot path pays for it; the node's energy counter (`NodeEnergy`) advances at each scrape.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +35,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from inference import __version__, protocol
+from inference.drift import Summary, merge, summary_psi
+from inference.usage import RaplReading, rapl_joules, read_rapl
 
 if TYPE_CHECKING:
     from inference.drift import OutputSketch
@@ -158,7 +165,14 @@ class UsageCounters:
     """The usage meter's counters (inference/usage_spool.py, usage_meter.py), read at scrape
     time. `pending` mirrors the spool: batch_seq -> when the batch was made (epoch seconds)."""
 
-    __slots__ = ("journal_lines", "journal_errors", "uploaded", "upload_failures", "pending")
+    __slots__ = (
+        "journal_lines",
+        "journal_errors",
+        "uploaded",
+        "upload_failures",
+        "pending",
+        "energy_j",
+    )
 
     def __init__(self) -> None:
         self.journal_lines = 0
@@ -166,6 +180,62 @@ class UsageCounters:
         self.uploaded = 0
         self.upload_failures = 0
         self.pending: dict[int, float] = {}
+        # Model name -> joules of the usage records spooled so far (their `energy_j`, summed
+        # when a fold builds them: inference/usage_meter.py), so Prometheus and the console's
+        # usage rollups count the same energy.
+        self.energy_j: dict[str, float] = {}
+
+
+# (idle watts, peak watts) of the node's class, from the policy bundle; None: not known yet.
+PowerModel = Callable[[], "tuple[float, float] | None"]
+
+
+class NodeEnergy:
+    """The node's energy since the agent started, in joules (`outpost_node_energy_joules`).
+
+    It advances whenever it is read (each scrape), by the interval since the last read: RAPL's
+    package counters when both ends of the interval could read them, else the node class's
+    power model — idle watts over the interval's wall time plus (peak − idle) watts over the
+    model-run time in it (at most the wall time: the machine draws at most its peak). An
+    interval with neither adds nothing. It only ever adds, so the counter never goes back.
+    """
+
+    __slots__ = ("busy_s", "power_model", "read", "clock", "joules", "_at", "_busy", "_rapl")
+
+    def __init__(
+        self,
+        *,
+        busy_s: Callable[[], float],
+        power_model: PowerModel,
+        read: Callable[[], RaplReading | None] = read_rapl,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.busy_s = busy_s
+        self.power_model = power_model
+        self.read = read
+        self.clock = clock
+        self.joules = 0.0
+        self._at = clock()
+        self._busy = busy_s()
+        self._rapl = read()
+
+    def advance(self) -> float:
+        """Add the energy of the interval since the last call; returns the total."""
+        now, busy, reading = self.clock(), self.busy_s(), self.read()
+        wall = max(0.0, now - self._at)
+        measured = None
+        if self._rapl is not None and reading is not None:
+            measured = rapl_joules(self._rapl, reading)
+        if measured is not None:
+            self.joules += measured
+        else:
+            model = self.power_model()
+            if model is not None:
+                idle, peak = model
+                run = min(max(0.0, busy - self._busy), wall)
+                self.joules += idle * wall + max(0.0, peak - idle) * run
+        self._at, self._busy, self._rapl = now, busy, reading
+        return self.joules
 
 
 def outcome_of(status: int) -> str:
@@ -195,6 +265,18 @@ class AgentMetrics:
         self.decisions: dict[tuple[str, str], int] = {}
         # Usage metering, on an enrolled node only (None: standalone meters nothing).
         self.usage: UsageCounters | None = None
+        # The node's state, read at scrape time (set by inference/cli.py); None: not known.
+        self.memory_pressure: Callable[[], float | None] = lambda: None
+        # (°C or None, whether the console simulates it).
+        self.temperature: Callable[[], tuple[float | None, bool]] = lambda: (None, False)
+        # (model, version, ready) of each version this node holds, as its heartbeat reports.
+        self.loaded_versions: Callable[[], list[tuple[str, str, bool]]] = lambda: []
+        self.tokenisation_active: Callable[[], bool] = lambda: False
+        self.power_model: PowerModel = lambda: None
+        self.energy = NodeEnergy(busy_s=self.busy_seconds, power_model=lambda: self.power_model())
+        # (model, version) -> the reference outputs the console sent for it
+        # (protocol.DesiredVersion.drift_reference), set by inference/agent.py.
+        self.drift_references: dict[tuple[str, str], Summary] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         ProcessCollector(namespace="outpost", registry=self.registry)
@@ -210,6 +292,27 @@ class AgentMetrics:
         if health is None:
             health = self.versions[(model, version)] = VersionHealth()
         return health
+
+    def busy_seconds(self) -> float:
+        """Model-run time since start, all models (their run histograms' sums)."""
+        return sum(stats.run.sum for stats in self.models.values())
+
+    def drift_psi(self) -> list[tuple[str, str, float]]:
+        """(model, version, PSI) of each version with a reference and recent outputs: the
+        noise-corrected PSI (inference.drift.summary_psi) of the merge of its last closed
+        one-minute windows against the reference."""
+        values = []
+        for (model, version), reference in sorted(self.drift_references.items()):
+            health = self.versions.get((model, version))
+            if health is None or health.outputs is None:
+                continue
+            windows = health.outputs.recent()
+            if not windows:
+                continue
+            value = summary_psi(reference, merge(windows))
+            if value is not None:
+                values.append((model, version, value))
+        return values
 
     def record_request(self, stats: ModelStats | None, status: int, seconds: float) -> None:
         self.requests_total += 1
@@ -322,10 +425,69 @@ class _Collector(Collector):
         yield decisions
 
         if m.usage is not None:
-            yield from _usage_families(m.usage)
+            yield from _usage_families(m.usage, m.models)
+
+        yield from _node_families(m)
 
 
-def _usage_families(usage: UsageCounters) -> Iterator[Metric]:
+def _node_families(m: AgentMetrics) -> Iterator[Metric]:
+    """The node's state for the console's dashboards (issue 6): memory, heat, energy, the
+    versions it holds and their drift, and whether it tokenises."""
+    memory = m.memory_pressure()
+    if memory is not None:
+        gauge = GaugeMetricFamily(
+            "outpost_node_memory_pressure", "Share of the node's memory in use, 0..1"
+        )
+        gauge.add_metric([], memory)
+        yield gauge
+    temperature, simulated = m.temperature()
+    if temperature is not None:
+        gauge = GaugeMetricFamily(
+            "outpost_node_temperature_celsius",
+            "The node's hottest sensor, or the console's simulated temperature while one runs",
+        )
+        gauge.add_metric([], temperature)
+        yield gauge
+    gauge = GaugeMetricFamily(
+        "outpost_node_temperature_simulated",
+        "1 while the console simulates this node's temperature, else 0",
+    )
+    gauge.add_metric([], 1 if simulated else 0)
+    yield gauge
+    energy = CounterMetricFamily(
+        "outpost_node_energy_joules",
+        "Energy the node spent since the agent started: RAPL when readable, else the node "
+        "class's power model (idle watts over time plus the rest up to peak over model runs)",
+    )
+    energy.add_metric([], m.energy.advance())
+    yield energy
+    loaded = GaugeMetricFamily(
+        "outpost_model_loaded",
+        "1 per model version loaded and ready, 0 for one held but not ready (loading, failed)",
+        labels=["model", "version"],
+    )
+    for model, version, ready in sorted(m.loaded_versions()):
+        loaded.add_metric([model, version], 1 if ready else 0)
+    yield loaded
+    drift = GaugeMetricFamily(
+        "outpost_model_drift_psi",
+        "Noise-corrected PSI of the version's last closed one-minute output windows against "
+        "the reference the console sent",
+        labels=["model", "version"],
+    )
+    for model, version, value in m.drift_psi():
+        drift.add_metric([model, version], value)
+    yield drift
+    gauge = GaugeMetricFamily(
+        "outpost_tokenisation_active",
+        "1 when the node has a tokenisation key: it replaces sensitive fields by tokens "
+        "before a request leaves it",
+    )
+    gauge.add_metric([], 1 if m.tokenisation_active() else 0)
+    yield gauge
+
+
+def _usage_families(usage: UsageCounters, models: Iterable[str]) -> Iterator[Metric]:
     pending = GaugeMetricFamily(
         "outpost_usage_batches_pending",
         "Usage batches spooled on this node and not yet acknowledged by the console",
@@ -365,3 +527,13 @@ def _usage_families(usage: UsageCounters) -> Iterator[Metric]:
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], value)
         yield counter
+    energy = CounterMetricFamily(
+        "outpost_inference_energy_joules",
+        "Energy attributed to answered inferences (their usage records' energy_j), by model",
+        labels=["model"],
+    )
+    # Every model the node serves starts at 0, so Prometheus' increase() counts the first
+    # minute folded (a series that appears with a value hides its first increment).
+    for model in sorted(set(models) | set(usage.energy_j)):
+        energy.add_metric([model], usage.energy_j.get(model, 0.0))
+    yield energy

@@ -31,6 +31,9 @@ PROTOCOL_VERSION = 1
 # Paths of the console's node-facing API, relative to the console's base URL.
 ENROLL_PATH = "/api/v1/nodes/enroll"
 HEARTBEAT_PATH = "/api/v1/nodes/heartbeat"
+# A node asks for its next credential here (authenticated with its current one): see
+# NodeCredential and HeartbeatReply.rotate_credential.
+CREDENTIAL_PATH = "/api/v1/nodes/credential"
 
 # How often a node reports unless the console says otherwise (seconds).
 DEFAULT_HEARTBEAT_INTERVAL_S = 5
@@ -70,6 +73,15 @@ class EnrollResponse(ConsoleMessage):
     credential: str = Field(description="Bearer secret for node calls; shown once")
     console_public_key: str = Field(description="Ed25519 public key, base64 of the raw 32 bytes")
     heartbeat_interval_s: int
+
+
+class NodeCredential(ConsoleMessage):
+    """The node's next credential (POST CREDENTIAL_PATH), shown once. The console accepts it
+    beside the current one until the node first authenticates with it; from then on only it.
+    So a node that lost it before saving it (a crash) keeps working with the old one and asks
+    again."""
+
+    credential: str = Field(min_length=8, max_length=200, description="Bearer secret; shown once")
 
 
 # --- heartbeat ------------------------------------------------------------------------------
@@ -190,9 +202,36 @@ class HeartbeatReport(WireModel):
     bundle_problem: str | None = Field(None, max_length=500)
     # Sampled routing decisions not yet acknowledged by the console (a 200 acknowledges them).
     decisions: list[DecisionRecord] = Field(default_factory=list, max_length=DECISIONS_MAX_PENDING)
+    # The node has a tokenisation key (inference/enforcement.py Tokeniser), so it replaces
+    # tenants' sensitive fields by tokens before a request leaves it; and the tenants of its
+    # enforced bundle that declared sensitive fields, which it therefore tokenises. Defaults
+    # keep the heartbeats of agents that predate them valid (the compliance check reads them).
+    tokenisation_active: bool = False
+    tokenised_tenants: list[Annotated[str, Field(max_length=50)]] = Field(
+        default_factory=list, max_length=10_000
+    )
 
 
 ARTIFACT_PATH = "/api/v1/nodes/artifacts/{sha256}"
+
+_HISTOGRAM = Annotated[
+    list[Count],
+    Field(min_length=len(DRIFT_VALUE_EDGES) + 1, max_length=len(DRIFT_VALUE_EDGES) + 1),
+]
+
+
+class DriftReference(ConsoleMessage):
+    """A version's reference outputs, merged (`inference.drift.Summary.to_json()`, the shape
+    the console stores in ModelVersion.drift_reference["summary"]): the node compares its
+    recent outputs with it for the `outpost_model_drift_psi` gauge."""
+
+    kind: Literal["classes", "values"]
+    rows: int = Field(ge=1)
+    classes: list[Count] = Field(default_factory=list, max_length=DRIFT_MAX_CLASSES + 1)
+    # output name -> (histogram, sum of means weighted by rows, rows)
+    values: dict[Annotated[str, Field(max_length=200)], tuple[_HISTOGRAM, float, Count]] = Field(
+        default_factory=dict, max_length=DRIFT_MAX_OUTPUTS
+    )
 
 
 class DesiredVersion(ConsoleMessage):
@@ -216,6 +255,11 @@ class DesiredVersion(ConsoleMessage):
         max_length=10_000,
         description="Tenants pinned to this version: their requests to the model go to it "
         "(once ready) whatever the traffic split; a tenant is known by its ephemeral token",
+    )
+    drift_reference: DriftReference | None = Field(
+        None,
+        description="The version's reference outputs, when the console has captured them: "
+        "the node reports the PSI of its recent outputs against them (outpost_model_drift_psi)",
     )
 
 
@@ -251,6 +295,9 @@ class HeartbeatReply(ConsoleMessage):
     # The most memory the console-managed versions may take on this node, from its class;
     # a node started with --memory-budget-bytes keeps its own.
     memory_budget_bytes: int | None = Field(None, ge=0)
+    # An operator asked for a new node credential: the node fetches one (CREDENTIAL_PATH),
+    # saves it and uses it from then on.
+    rotate_credential: bool = False
 
 
 # --- usage ---------------------------------------------------------------------------------

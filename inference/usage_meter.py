@@ -8,7 +8,8 @@ Three parts, all off the request path except `journal.append` (inference/usage_s
   notes the killed run's segments for replay.
 - `run_folding()`: wakes just after each window boundary, reads RAPL (when readable) for the
   window that closed, seals the journal's segment and folds every sealed segment (and, the first
-  time, the replayed ones) into batches, in the worker thread.
+  time, the replayed ones) into batches, in the worker thread. The records' energy is added to
+  the `outpost_inference_energy_joules` counter by model once the fold committed them.
 - `run_uploads()`: POSTs the oldest spooled batch to `console_url + protocol.USAGE_PATH` with
   the node credential; deletes it only after a 200 whose `UsageAck` names its batch_seq
   (stored, duplicate or conflict). Network errors, 429 and 5xx are retried with capped
@@ -251,6 +252,9 @@ class UsageMeter:
         oldest = window_start(self.clock(), self.window_s) - 2 * self.window_s
         for window in [w for w in self.measured_j if w < oldest]:
             del self.measured_j[window]
+        energy = self.counters.energy_j
+        for model, joules in result.energy_j.items():
+            energy[model] = energy.get(model, 0.0) + joules
         if result.pending is not None:
             self.counters.pending = result.pending
         else:  # the spool could not be read back after the commit: what we know was added

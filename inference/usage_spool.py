@@ -332,12 +332,23 @@ def prepare(directory: Path, spool: Spool) -> tuple[list[int], int]:
 class Folded:
     """What one fold did, for the meter's metrics and logs."""
 
-    __slots__ = ("batches", "created", "records", "replayed_lines", "problems", "pending")
+    __slots__ = (
+        "batches",
+        "created",
+        "records",
+        "replayed_lines",
+        "problems",
+        "pending",
+        "energy_j",
+    )
 
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.created = 0.0
         self.records = 0
+        # Model name -> the energy_j of its records spooled (the outpost_inference_energy_joules
+        # counter adds it: inference/usage_meter.py).
+        self.energy_j: dict[str, float] = {}
         self.replayed_lines = 0
         self.problems: list[str] = []
         # The spool's pending batches after the fold; None if they could not be read back.
@@ -387,6 +398,8 @@ def fold(
     ]
     result.batches = spool.commit(batches, max(covered), now)
     result.created, result.records = now, len(records)
+    for record in records:
+        result.energy_j[record.model] = result.energy_j.get(record.model, 0.0) + record.energy_j
     for segment in covered:
         try:
             segment_path(directory, segment).unlink(missing_ok=True)

@@ -41,6 +41,18 @@ def bob(django_user_model):
 
 
 @pytest.fixture
+def dave(django_user_model):
+    """An auditor: reads compliance findings and the audit log, changes nothing."""
+    from django.contrib.auth.models import Group
+
+    from billing.roles import AUDITOR_GROUP
+
+    user = django_user_model.objects.create_user("dave", "dave@provider.example", "dave-password")
+    user.groups.add(Group.objects.get_or_create(name=AUDITOR_GROUP)[0])
+    return user
+
+
+@pytest.fixture
 def acme(db):
     from billing.models import Tenant
 
@@ -132,12 +144,12 @@ def make_node(db):
 
     def make(name, region, node_class, **fields):
         credential, credential_hash = Node.new_credential()
+        fields.setdefault("endpoint", f"http://127.0.0.1:9/{name}")
         node = Node.objects.create(
             uid=f"nd-test{next(counter):04d}",
             name=name,
             region=region,
             node_class=node_class,
-            endpoint=f"http://127.0.0.1:9/{name}",
             credential_hash=credential_hash,
             **fields,
         )

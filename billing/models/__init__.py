@@ -1,5 +1,6 @@
 """Billing's models: accounts (accounts.py), the price book (prices.py), the usage ledger
-(usage.py), commitments (plans.py), invoices (invoices.py) and spending alerts (alerts.py)."""
+(usage.py), commitments (plans.py), invoices (invoices.py), spending alerts (alerts.py) and
+the audit log (audit.py)."""
 
 from billing.models.accounts import (
     API_KEY_PREFIX,
@@ -14,6 +15,7 @@ from billing.models.accounts import (
     validate_time_zone,
 )
 from billing.models.alerts import AlertKind, BudgetStatus, SpendingAlert
+from billing.models.audit import AuditEntry, AuditLogIsAppendOnly
 from billing.models.invoices import (
     CloseRun,
     Invoice,
@@ -43,6 +45,8 @@ from billing.models.usage import (
 )
 
 __all__ = [
+    "AuditEntry",
+    "AuditLogIsAppendOnly",
     "CloseRun",
     "AlertKind",
     "BudgetStatus",

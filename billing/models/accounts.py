@@ -12,7 +12,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from billing.choices import MemberRole
+from billing.choices import AuditCategory, MemberRole
 from inference.protocol import hash_secret, new_secret
 
 API_KEY_PREFIX = "opk"
@@ -146,14 +146,24 @@ class ApiKey(models.Model):
     @classmethod
     def issue(cls, tenant: Tenant, name: str, *, created_by=None) -> tuple[ApiKey, str]:
         """Create a key and return it with its secret, which is not kept anywhere."""
+        from billing import audit
+
         secret = new_secret(API_KEY_PREFIX)
-        key = cls.objects.create(
-            tenant=tenant,
-            name=name,
-            prefix=secret[:VISIBLE_KEY_CHARS],
-            secret_hash=hash_secret(secret),
-            created_by=created_by,
-        )
+        with transaction.atomic():
+            key = cls.objects.create(
+                tenant=tenant,
+                name=name,
+                prefix=secret[:VISIBLE_KEY_CHARS],
+                secret_hash=hash_secret(secret),
+                created_by=created_by,
+            )
+            audit.record(
+                "api_key.created",
+                category=AuditCategory.ACCESS,
+                actor=created_by,
+                subject=key,
+                after=audit.fields_of(key, ["name", "prefix", "created_at"]),
+            )
         return key, secret
 
     @classmethod
@@ -175,15 +185,28 @@ class ApiKey(models.Model):
     def is_active(self) -> bool:
         return self.revoked_at is None
 
-    def revoke(self) -> None:
+    def revoke(self, *, actor=None) -> None:
         """Revoke the key and every unexpired token issued with it: their ids travel to the
-        nodes in the next policy bundle (fleet subscribes to IssuedToken's changes)."""
+        nodes in the next policy bundle (fleet subscribes to IssuedToken's changes). `actor`
+        (a user; None: the console) is who the audit log names."""
+        from billing import audit
+
         if self.revoked_at is None:
             with transaction.atomic():
                 self.revoked_at = timezone.now()
                 self.save(update_fields=["revoked_at"])
-                IssuedToken.objects.live(self.revoked_at).filter(api_key=self).revoke(
-                    self.revoked_at
+                tokens = (
+                    IssuedToken.objects.live(self.revoked_at)
+                    .filter(api_key=self)
+                    .revoke(self.revoked_at)
+                )
+                audit.record(
+                    "api_key.revoked",
+                    category=AuditCategory.ACCESS,
+                    actor=actor,
+                    subject=self,
+                    before={"revoked_at": None},
+                    after={"revoked_at": self.revoked_at, "tokens_revoked": tokens},
                 )
 
 

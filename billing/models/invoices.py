@@ -11,7 +11,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing.choices import INVOICE_TRANSITIONS, InvoiceStatus
+from billing.choices import INVOICE_TRANSITIONS, AuditCategory, InvoiceStatus
 from billing.models.accounts import Tenant
 
 # Three decimals hold every currency's minor unit (KWD has 3).
@@ -20,6 +20,14 @@ _AMOUNT = {"max_digits": 16, "decimal_places": 3}
 
 class InvoiceTransitionError(Exception):
     pass
+
+
+# The audit log's verb for each way an invoice is settled ("invoice.voided").
+AUDIT_VERBS = {
+    InvoiceStatus.PAID: "paid",
+    InvoiceStatus.VOID: "voided",
+    InvoiceStatus.UNCOLLECTIBLE: "marked_uncollectible",
+}
 
 
 class InvoiceQuerySet(models.QuerySet["Invoice"]):
@@ -96,6 +104,8 @@ class Invoice(models.Model):
     def move_to(self, status: str, *, actor=None, detail: dict | None = None, at=None) -> None:
         """Settle a finalised invoice (paid, void, uncollectible): the only change a finalised
         invoice allows, with its history row. Locks the row; a repeat is a no-op."""
+        from billing import audit
+
         at = at or timezone.now()
         with transaction.atomic():
             invoice = Invoice.objects.select_for_update().get(pk=self.pk)
@@ -106,7 +116,7 @@ class Invoice(models.Model):
                     f"invoice {invoice} is {invoice.get_status_display().lower()}; it cannot "
                     f"become {InvoiceStatus(status).label.lower()}"
                 )
-            invoice.status = status
+            previous, invoice.status = invoice.status, status
             fields = ["status"]
             if status == InvoiceStatus.PAID:
                 invoice.paid_at, fields = at, [*fields, "paid_at"]
@@ -115,6 +125,16 @@ class Invoice(models.Model):
             invoice.save(update_fields=fields)
             InvoiceEvent.objects.create(
                 invoice=invoice, kind=status, actor=actor, detail=detail or {}, at=at
+            )
+            audit.record(
+                f"invoice.{AUDIT_VERBS[status]}",
+                category=AuditCategory.MONEY,
+                actor=actor,
+                subject=invoice,
+                before={"status": previous},
+                after={"status": status},
+                note=", ".join(f"{k}: {v}" for k, v in (detail or {}).items()),
+                at=at,
             )
         self.status = invoice.status
         self.paid_at, self.closed_at = invoice.paid_at, invoice.closed_at

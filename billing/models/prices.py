@@ -12,7 +12,7 @@ from django.db import models, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from billing.choices import PriceGrade, Serving
+from billing.choices import AuditCategory, PriceGrade, Serving
 from billing.models.accounts import validate_currency
 
 # A time this much in the past still counts as "now" when a price is scheduled: a form filled
@@ -150,6 +150,43 @@ class Price(models.Model):
         with transaction.atomic():
             self._refuse_if_in_effect("deleted")
             return super().delete(*args, **kwargs)
+
+    def withdraw(self, *, actor=None) -> None:
+        """Delete a scheduled price (refused once it has taken effect), with its audit entry."""
+        from billing import audit
+
+        with transaction.atomic():
+            # Taken before the delete, which forgets the row's primary key.
+            subject, before = audit.subject_of(self), self.snapshot()
+            self.delete()
+            audit.record(
+                "price.withdrawn",
+                category=AuditCategory.MONEY,
+                actor=actor,
+                subject=subject,
+                before=before,
+            )
+
+    def snapshot(self) -> dict[str, object]:
+        """What the audit log keeps of a price."""
+        from billing.audit import fields_of
+
+        return fields_of(
+            self, ["grade", "serving", "currency", "per_1000", "effective_from", "note"]
+        )
+
+    def superseded(self) -> Price | None:
+        """The row this one takes over from: the same key's latest before it."""
+        return (
+            Price.objects.filter(
+                grade=self.grade,
+                serving=self.serving,
+                currency=self.currency,
+                effective_from__lt=self.effective_from,
+            )
+            .order_by("-effective_from")
+            .first()
+        )
 
     @property
     def per_1000_display(self) -> str:

@@ -26,8 +26,9 @@ from django.utils import timezone
 
 from billing.choices import MemberRole
 from billing.models import ApiKey, Membership, Price, Tenant
-from billing.roles import FINANCE_GROUP
+from billing.roles import AUDITOR_GROUP, FINANCE_GROUP
 from console.demo.billing_seed import seed_billing, seed_usage_history
+from console.demo.compliance_seed import seed_compliance
 from fleet.models import EnrollmentToken, Node, NodeClass, Region
 from inference.agent import IDENTITY_FILE, IdentityError, load_identity
 from inference.protocol import hash_secret
@@ -60,6 +61,13 @@ LOGINS = (
         is_superuser=True,
     ),
     DemoLogin("finance", "finance", "finance", "finance@outpost.example", groups=(FINANCE_GROUP,)),
+    DemoLogin(
+        "auditor",
+        "auditor",
+        "auditor: compliance findings and the audit log, read-only",
+        "audit@outpost.example",
+        groups=(AUDITOR_GROUP,),
+    ),
     DemoLogin(
         "acme",
         "acme",
@@ -188,6 +196,13 @@ SCHEDULED_PRICE = (("large", "regional"), Decimal("2.70"), "demo: more regional 
 
 # The order demo nodes are added in: the first four are two per region with mixed classes;
 # beyond that (`manage.py demo --nodes N`) the pattern repeats.
+# Two demo nodes run the way compliance must catch (console/demo/compliance_seed.py): one
+# without tokenisation (nakamura declares sensitive fields), one frozen on the bundle it had
+# when it started (stale policy once the freeze outlives OUTPOST_POLICY_MAX_STALENESS_S).
+NODE_AGENT_FLAGS = {
+    "us-east-nano-1": ("--no-tokenisation",),
+    "us-east-standard-1": ("--hold-bundle",),
+}
 NODE_PATTERN = (
     ("eu-west", "nano"),
     ("eu-west", "accelerator"),
@@ -220,6 +235,10 @@ class DemoNode:
     region: str
     node_class: str
     port: int
+
+    @property
+    def agent_flags(self) -> tuple[str, ...]:
+        return NODE_AGENT_FLAGS.get(self.name, ())
 
     @property
     def endpoint(self) -> str:
@@ -301,6 +320,8 @@ def seed(
         seed_policies(report)
         seed_billing(report)
         seed_usage_history(report)
+        # After the policies: it binds acme to its zone (console/demo/compliance_seed.py).
+        seed_compliance(report)
     return report
 
 

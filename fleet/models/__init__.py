@@ -1,13 +1,20 @@
 """The fleet's models: nodes and their history (nodes.py), the model registry (registry.py),
 deployments (rollouts.py), drift telemetry (drift.py), per-tenant pins (pins.py), tenant
 policies, accelerator pools and their histories (policies.py), signed policy bundles and the
-decisions nodes report (bundles.py)."""
+decisions nodes report (bundles.py), export-control data and compliance findings
+(compliance.py)."""
 
 from fleet.models.bundles import (
     BundleCompileFailure,
     BundleRequest,
     DecisionLog,
     PolicyBundleRecord,
+)
+from fleet.models.compliance import (
+    ComplianceFinding,
+    ComplianceRun,
+    ExportClassification,
+    ExportRule,
 )
 from fleet.models.drift import DriftAlert, DriftWindow
 from fleet.models.nodes import (
@@ -33,12 +40,16 @@ __all__ = [
     "AcceleratorPool",
     "BundleCompileFailure",
     "BundleRequest",
+    "ComplianceFinding",
+    "ComplianceRun",
     "DecisionLog",
     "Deployment",
     "DeploymentEvent",
     "DriftAlert",
     "DriftWindow",
     "EnrollmentToken",
+    "ExportClassification",
+    "ExportRule",
     "FleetSettingChange",
     "Model",
     "ModelVersion",

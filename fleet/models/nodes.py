@@ -13,6 +13,8 @@ from django.db import models, transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
+from billing import audit
+from billing.choices import AuditCategory
 from fleet import costs
 from fleet.choices import NodeClassKind, NodeStatus, SettingKind
 from fleet.health import derive_status, report_is_healthy
@@ -202,6 +204,17 @@ class Node(models.Model):
     hostname = models.CharField(max_length=255, blank=True)
     credential_hash = models.CharField(max_length=64, unique=True, editable=False)
     enrolled_at = models.DateTimeField(default=timezone.now)
+    # Credential rotation: the next credential's hash waits here until the node first
+    # authenticates with it; then it replaces `credential_hash` and this records when.
+    # None: the node still uses the credential it enrolled with.
+    # Indexed: a node's first call with its new credential finds the node by it.
+    pending_credential_hash = models.CharField(
+        max_length=64, blank=True, editable=False, db_index=True
+    )
+    credential_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # An operator asked for a new credential (fleet.actions.request_credential_rotation): the
+    # heartbeat answer says so until the node uses its new one. None: nothing asked.
+    credential_rotation_requested_at = models.DateTimeField(null=True, blank=True)
 
     # The status last recorded, so that a change of the derived status writes one history row.
     status = models.CharField(max_length=10, choices=NodeStatus.choices, default=NodeStatus.PENDING)
@@ -222,6 +235,11 @@ class Node(models.Model):
     bundle_problem = models.CharField(max_length=500, blank=True)
     # The reported temperature came from the simulation below, not from a sensor.
     temperature_simulated = models.BooleanField(default=False)
+    # The node has a tokenisation key (it replaces sensitive fields by tokens before a request
+    # leaves it), and the tenants of its bundle whose sensitive fields it tokenises: the
+    # tokenisation compliance check reads both (HeartbeatReport.tokenisation_active).
+    tokenisation_active = models.BooleanField(default=False)
+    tokenised_tenants = models.JSONField(default=list, blank=True)
     # An operator's simulated temperature for this node (a demo of thermal offload), sent in
     # every heartbeat answer; empty: the node reads its sensors.
     simulated_temperature_c = models.FloatField(
@@ -256,11 +274,62 @@ class Node(models.Model):
 
     @classmethod
     def authenticate(cls, credential: str) -> Node | None:
-        return (
-            cls.objects.select_related("node_class", "region")
-            .filter(credential_hash=hash_secret(credential))
-            .first()
-        )
+        """The node whose credential this is: its current one, or the next one it was given
+        (`issue_next_credential`), which then becomes its only one (`_take_pending`)."""
+        digest = hash_secret(credential)
+        nodes = cls.objects.select_related("node_class", "region")
+        node = nodes.filter(credential_hash=digest).first()
+        if node is not None:
+            return node
+        node = nodes.filter(pending_credential_hash=digest).first()
+        if node is None:
+            return None
+        return node._take_pending(digest)
+
+    def _take_pending(self, digest: str) -> Node | None:
+        """The node's first call with its next credential: it replaces the old one, which is
+        refused from now on. Locked, so concurrent first calls swap once."""
+        with transaction.atomic():
+            node = Node.objects.select_for_update().get(pk=self.pk)
+            if node.pending_credential_hash == digest:
+                node.credential_hash = digest
+                node.pending_credential_hash = ""
+                node.credential_rotated_at = timezone.now()
+                node.credential_rotation_requested_at = None
+                node.save(
+                    update_fields=[
+                        "credential_hash",
+                        "pending_credential_hash",
+                        "credential_rotated_at",
+                        "credential_rotation_requested_at",
+                    ]
+                )
+                audit.record(
+                    "node.credential_rotated",
+                    category=AuditCategory.ACCESS,
+                    actor=audit.node_actor(node.uid),
+                    subject=node,
+                    after={"credential_rotated_at": node.credential_rotated_at},
+                    note="the node used its new credential; the old one is refused from now on",
+                )
+            elif node.credential_hash != digest:
+                return None  # replaced meanwhile by a newer pending credential
+        for field in (
+            "credential_hash",
+            "pending_credential_hash",
+            "credential_rotated_at",
+            "credential_rotation_requested_at",
+        ):
+            setattr(self, field, getattr(node, field))
+        return self
+
+    def issue_next_credential(self) -> str:
+        """A new credential for this node, shown once: it is accepted beside the current one
+        until the node first uses it (then only it is). A newer one replaces an unused one."""
+        secret, digest = Node.new_credential()
+        Node.objects.filter(pk=self.pk).update(pending_credential_hash=digest)
+        self.pending_credential_hash = digest
+        return secret
 
     def record_heartbeat(self, report: HeartbeatReport, *, now: datetime | None = None) -> None:
         """Store a report, keep a sample of it, and record a status flip if there is one.
@@ -287,6 +356,8 @@ class Node(models.Model):
             node.models_loaded = [m.model_dump(exclude={"outputs"}) for m in report.models]
             node.bundle_revision = report.bundle_revision
             node.bundle_problem = report.bundle_problem or ""
+            node.tokenisation_active = report.tokenisation_active
+            node.tokenised_tenants = list(report.tokenised_tenants)
             node._flip_to(node.derived_status(now), reason, now)
             node.save()
             NodeSample.objects.create(

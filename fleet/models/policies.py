@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
@@ -50,6 +50,8 @@ FAIL_CLOSED_MAX_S = 30 * 24 * 3600
 # the maximum it is a typo, not a limit: no node serves that many.
 RATE_LIMIT_MIN_PER_S = 1
 RATE_LIMIT_MAX_PER_S = 100_000
+# As long as Region.residency_zone may be.
+RESIDENCY_ZONE_MAX = 10
 # A node class's thermal envelope, °C: outside this range it is a typo, not a limit.
 THERMAL_MIN_C = Decimal(20)
 THERMAL_MAX_C = Decimal(130)
@@ -66,7 +68,7 @@ TENANT_FIELDS = (
     "sensitive_fields",
     "on_budget_exhausted",
 )
-OPERATOR_FIELDS = ("fail_closed_after_s", "rate_limit_per_s")
+OPERATOR_FIELDS = ("fail_closed_after_s", "rate_limit_per_s", "residency_zone")
 POLICY_FIELDS = TENANT_FIELDS + OPERATOR_FIELDS
 
 POLICY_DEFAULTS: dict[str, object] = {
@@ -78,6 +80,7 @@ POLICY_DEFAULTS: dict[str, object] = {
     "on_budget_exhausted": BudgetAction.ALERT,
     "fail_closed_after_s": None,
     "rate_limit_per_s": None,
+    "residency_zone": "",
 }
 
 LOCAL_ONLY_CANNOT_OFFLOAD = (
@@ -199,11 +202,32 @@ def _rate_limit_per_s(value: object) -> int | None:
     return value
 
 
-def clean_policy(values: Mapping[str, object]) -> dict[str, object]:
+def _residency_zone(value: object, zones: Collection[str] | None) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError(f"{_shown(value)} is not a residency zone: give a code like EU.")
+    zone = value.strip()
+    if len(zone) > RESIDENCY_ZONE_MAX:
+        raise ValidationError(f"At most {RESIDENCY_ZONE_MAX} characters, as regions write zones.")
+    if zone and zones is not None and zone not in zones:
+        known = sorted(zones)
+        choose = f"choose {', '.join(known)}, or" if known else "no region has a zone yet:"
+        raise ValidationError(
+            f"No region is in zone {_shown(zone)}: {choose} leave it empty for no binding."
+        )
+    return zone
+
+
+def clean_policy(
+    values: Mapping[str, object], *, zones: Collection[str] | None = None
+) -> dict[str, object]:
     """Check a whole policy (a value for every name in POLICY_FIELDS) and return it cleaned:
     choices as their values, the max spend as a Decimal or None, the sensitive fields as a
-    sorted list. Raises ValidationError with the messages per field; the one rule across
-    fields (local_only never falls back to regional) is reported on `fallback`."""
+    sorted list, the residency zone as a string ("" when not bound). Raises ValidationError
+    with the messages per field; the one rule across fields (local_only never falls back to
+    regional) is reported on `fallback`. `zones` are the regions' residency zones: given, a
+    binding must name one of them (the form and the API pass them; a model's clean() cannot)."""
     cleaners = {
         "privacy_mode": lambda v: _choice(v, PrivacyMode, "privacy mode"),
         "fallback": lambda v: _choice(v, Fallback, "fallback"),
@@ -215,6 +239,7 @@ def clean_policy(values: Mapping[str, object]) -> dict[str, object]:
         "on_budget_exhausted": lambda v: _choice(v, BudgetAction, "budget action"),
         "fail_closed_after_s": _fail_closed_after_s,
         "rate_limit_per_s": _rate_limit_per_s,
+        "residency_zone": lambda v: _residency_zone(v, zones),
     }
     cleaned: dict[str, object] = {}
     errors: dict[str, list[str]] = {}
@@ -238,7 +263,7 @@ def summarise_change(before: Mapping[str, object], after: Mapping[str, object]) 
     "privacy_mode any → in_region; max_spend_per_session — → 0.50; sensitive_fields +email"."""
 
     def shown(value: object) -> str:
-        return "—" if value is None or value == [] or value == {} else str(value)
+        return "—" if value is None or value in ("", [], {}) else str(value)
 
     parts = []
     for name in dict.fromkeys([*before, *after]):
@@ -382,6 +407,15 @@ class TenantPolicy(models.Model):
             MaxValueValidator(RATE_LIMIT_MAX_PER_S),
         ],
         verbose_name="rate limit (requests/s per node)",
+    )
+    # Operators only: the residency zone (a Region.residency_zone, e.g. EU) the tenant's
+    # requests and models must stay in; routes out of it are never compiled (fleet.bundles)
+    # and fleet.compliance reports anything else that leaves it. Empty: not bound.
+    residency_zone = models.CharField(
+        max_length=RESIDENCY_ZONE_MAX,
+        blank=True,
+        default="",
+        help_text="Empty: not bound to a zone",
     )
     revision = models.PositiveIntegerField(default=1, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)

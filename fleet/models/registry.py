@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from billing.models import Tenant
 from fleet.choices import Grade, VersionStatus
+from fleet.models.compliance import ExportClassification
 from fleet.models.nodes import NodeClass
 
 
@@ -33,6 +34,17 @@ class Model(models.Model):
     description = models.TextField(blank=True)
     # The named fields a tenant may send in OIP `parameters` with a request: {"tier": "string"}.
     signal_schema = models.JSONField(default=dict, blank=True)
+    # Export control: where its classification's rules forbid it, it must not run
+    # (fleet.compliance's export checks). PROTECT: deleting a classification in use would
+    # silently lift its rules.
+    export_classification = models.ForeignKey(
+        ExportClassification,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="models",
+        help_text="Empty: not export-controlled",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = ModelQuerySet.as_manager()

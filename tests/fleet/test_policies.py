@@ -261,6 +261,7 @@ def test_a_change_is_audited_with_before_after_and_what_changed(acme, carol):
         "on_budget_exhausted": "alert",
         "fail_closed_after_s": None,
         "rate_limit_per_s": None,
+        "residency_zone": "",
     }
     assert change.after == {
         **change.before,
@@ -562,6 +563,7 @@ def test_a_key_reads_its_tenants_policy(client, acme, acme_key):
         "on_budget_exhausted": "alert",
         "fail_closed_after_s": None,
         "rate_limit_per_s": None,
+        "residency_zone": "",
         "updated_at": response.json()["updated_at"],
     }
     assert response["ETag"] == '"1"'

@@ -195,3 +195,14 @@ def test_activation_hooks_see_each_new_bundle(tmp_path, clock):
     store.offer(sign_bundle(KEY, bundle(2, revoked_tokens=["t-9"])))
 
     assert seen == [1, 2]
+
+
+def test_a_held_store_takes_its_first_bundle_and_then_refuses_newer_ones(tmp_path, clock):
+    held = BundleStore(tmp_path, clock=clock, hold=True)
+    held.trust(KEY.public_key())
+    assert held.offer(sign_bundle(KEY, bundle(3))) is True, "a node with none takes one"
+    with pytest.raises(BundleError, match=r"held at revision 3 .*--hold-bundle.*revision 4"):
+        held.offer(sign_bundle(KEY, bundle(4)))
+    assert held.revision == 3
+    assert "--hold-bundle" in held.problem
+    assert held.offer(sign_bundle(KEY, bundle(3))) is False, "the same bundle is still confirmed"

@@ -8,6 +8,7 @@ import pytest
 
 from inference import protocol
 from inference.agent import ConsoleLink
+from inference.metrics import AgentMetrics
 
 KEY = protocol.generate_private_key()
 
@@ -32,7 +33,7 @@ def link():
         enroll_token=None,
         endpoint="http://127.0.0.1:1",
         repository=Repository(),
-        metrics=None,
+        metrics=AgentMetrics(),
         on_fatal=lambda message: None,
     )
     link.identity = protocol.EnrollResponse(

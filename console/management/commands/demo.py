@@ -11,7 +11,11 @@ start under one supervisor (console/demo/supervisor.py), each process in its own
 - a real Celery worker and beat, on the filesystem broker of the embedded default;
 - the node agents, once the console answers (they enroll with it), each enrolling with its
   one-time token the first time and reusing its identity in `var/nodes/<name>/` after that;
-- the traffic generator (console/demo/traffic.py), once the nodes are ready.
+- the traffic generator (console/demo/traffic.py), once the nodes are ready;
+- Prometheus, when a `prometheus` binary is on PATH (Debian's package; `--no-prometheus` skips
+  it): it scrapes the nodes through the file_sd targets the worker writes, and the console
+  reads its dashboards from it (PROMETHEUS_URL). Without it the dashboards read the console's
+  own rollups, which is the embedded default.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +42,7 @@ from console.demo import seed as demo_seed
 from console.demo.supervisor import ChildSpec, Supervisor
 from console.demo.traffic import build_infer_request
 from fleet.models import Node
+from fleet.observability.targets import write_targets
 from fleet.policy_plane import publish_bundle
 
 PYTHON = sys.executable
@@ -58,6 +64,15 @@ DEMO_MODEL = "tiny-classifier"
 # The banner's example calls a node as this tenant, with a key minted for it on each run.
 BANNER_TENANT = "globex"
 BANNER_KEY_NAME = "demo banner"
+PROMETHEUS_CONFIG = """# Written by `manage.py demo`: the nodes come from the console's file_sd targets.
+global:
+  scrape_interval: 5s
+scrape_configs:
+  - job_name: outpost-nodes
+    file_sd_configs:
+      - files: ["{targets}"]
+        refresh_interval: 10s
+"""
 
 
 class Command(BaseCommand):
@@ -85,6 +100,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--port", type=int, default=8000, help="port of the console on 127.0.0.1 (default 8000)"
         )
+        parser.add_argument(
+            "--prometheus-port",
+            type=int,
+            default=9090,
+            help="port of Prometheus on 127.0.0.1, when it is installed (default 9090)",
+        )
+        parser.add_argument(
+            "--no-prometheus",
+            action="store_true",
+            help="do not start Prometheus even if installed: dashboards read the rollups",
+        )
 
     def handle(self, *args, **options):
         count, port, rate = options["nodes"], options["port"], options["rate"]
@@ -97,6 +123,14 @@ class Command(BaseCommand):
         self.console_url = f"http://{demo_seed.LOOPBACK}:{port}"
         nodes = demo_seed.demo_nodes(count)
         _check_ports_free(port, [n.port for n in nodes])
+        self.prometheus = None if options["no_prometheus"] else shutil.which("prometheus")
+        self.prometheus_url = f"http://{demo_seed.LOOPBACK}:{options['prometheus_port']}"
+        if self.prometheus and not _port_free(options["prometheus_port"]):
+            self.stdout.write(
+                f"port {options['prometheus_port']} is taken: the demo runs without Prometheus "
+                "(the dashboards read the console's rollups); free it or pass --prometheus-port"
+            )
+            self.prometheus = None
         self._make_folders()
 
         try:
@@ -190,12 +224,22 @@ class Command(BaseCommand):
 
     def _env(self) -> dict[str, str]:
         # OUTPOST_PUBLIC_URL: enrollment commands shown in the console name the demo's port.
+        prometheus = {"PROMETHEUS_URL": self.prometheus_url} if self.prometheus else {}
         return {
+            **prometheus,
             "DJANGO_SETTINGS_MODULE": "console.settings",
             "OUTPOST_PUBLIC_URL": self.console_url,
             # A model gets a few requests a minute from the demo's traffic: judge drift on
             # minutes of 10 rows (the default, 30, suits real traffic).
             "OUTPOST_DRIFT": os.environ.get("OUTPOST_DRIFT", DEMO_DRIFT),
+            # The compliance story (console/demo/compliance_seed.py): the demo's loopback nodes
+            # serve plain http, which production must not; a frozen node counts as stale after
+            # five minutes, and the checks run every ten besides after each relevant change.
+            "OUTPOST_REQUIRE_NODE_TLS": os.environ.get("OUTPOST_REQUIRE_NODE_TLS", "true"),
+            "OUTPOST_POLICY_MAX_STALENESS_S": os.environ.get(
+                "OUTPOST_POLICY_MAX_STALENESS_S", "300"
+            ),
+            "OUTPOST_COMPLIANCE_INTERVAL_S": os.environ.get("OUTPOST_COMPLIANCE_INTERVAL_S", "600"),
         }
 
     def _run(self, supervisor, nodes, enrollment, repositories, options) -> int:
@@ -228,6 +272,7 @@ class Command(BaseCommand):
                 "--advertise",
                 node.endpoint,
             ]
+            argv += node.agent_flags
             secret = enrollment.get(node.name)
             if secret:
                 argv += ["--enroll", secret]
@@ -252,6 +297,8 @@ class Command(BaseCommand):
         # The regions' accelerator pools take in the accelerators that just enrolled; the
         # nodes learn of them in the next bundle.
         demo_seed.seed_accelerator_pools(demo_seed.SeedReport())
+        # Prometheus scrapes the nodes from now on, not from the worker's first beat.
+        write_targets(settings.OUTPOST_PROMETHEUS_TARGETS_FILE)
         published = publish_bundle(["accelerator pools seeded"])
         if published is not None:
             supervisor.log(f"published policy bundle r{published.revision} with the pools")
@@ -323,6 +370,25 @@ class Command(BaseCommand):
                 cwd=self.root,
             )
         )
+        if self.prometheus:
+            folder = self.var / "prometheus"
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / "prometheus.yml"
+            targets = settings.OUTPOST_PROMETHEUS_TARGETS_FILE
+            config.write_text(PROMETHEUS_CONFIG.format(targets=targets))
+            supervisor.start(
+                ChildSpec(
+                    "prometheus",
+                    [
+                        self.prometheus,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={folder / 'tsdb'}",
+                        f"--web.listen-address={self.prometheus_url.removeprefix('http://')}",
+                        "--log.level=warn",
+                    ],
+                    cwd=self.root,
+                )
+            )
 
     # --- the banner -------------------------------------------------------------------------------
 
@@ -336,6 +402,12 @@ class Command(BaseCommand):
             f"  Console    {url}/",
             f"  API docs   {url}/api/v1/docs",
             f"  Admin      {url}/admin/",
+            "  Metrics    "
+            + (
+                f"Prometheus at {self.prometheus_url}/ scrapes every node; the dashboards read it"
+                if self.prometheus
+                else "the console's own rollups (install Debian's prometheus to use it)"
+            ),
             "",
         ]
         for i, login in enumerate(demo_seed.LOGINS):
@@ -411,16 +483,19 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # As servers bind: a port left in TIME_WAIT by the last run is free to use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((demo_seed.LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def _check_ports_free(console_port: int, node_ports: list[int]) -> None:
-    taken = []
-    for port in [console_port, *node_ports]:
-        with socket.socket() as sock:
-            # As servers bind: a port left in TIME_WAIT by the last run is free to use.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((demo_seed.LOOPBACK, port))
-            except OSError:
-                taken.append(port)
+    taken = [port for port in [console_port, *node_ports] if not _port_free(port)]
     if taken:
         hint = (
             "run the console on another port with --port"
