@@ -133,18 +133,23 @@ def time_series_figure(
         fig.update_xaxes(range=[utc_naive(moment) for moment in x_range], autorange=False)
     fig.update_layout(showlegend=len(series) > 1)
     if empty if empty is not None else not has_points:
-        fig.add_annotation(
-            text=empty_text,
-            showarrow=False,
-            xref="paper",
-            yref="paper",
-            x=0.5,
-            y=0.5,
-            font={"size": 14, "color": "#6c757d"},
-        )
-        fig.update_xaxes(showticklabels=False)
-        fig.update_yaxes(showticklabels=False)
+        say_empty(fig, empty_text)
     return fig
+
+
+def say_empty(fig: go.Figure, text: str) -> None:
+    """Write `text` across a chart that has nothing to draw, without axis ticks."""
+    fig.add_annotation(
+        text=text,
+        showarrow=False,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        font={"size": 14, "color": "#6c757d"},
+    )
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
 
 
 def requests_figure(

@@ -23,6 +23,7 @@ from fleet.charts import (
     COLOURS,
     TARGET_COLOUR,
     chart_layout,
+    say_empty,
     time_series_figure,
     utc_naive,
 )
@@ -171,7 +172,7 @@ def counts_figure(
     fig.update_layout(barmode="stack", showlegend=True, bargap=0.1)
     fig.update_xaxes(range=[utc_naive(moment) for moment in window], autorange=False)
     if not has_points:
-        _say_empty(fig, "No offloads in this range")
+        say_empty(fig, "No offloads in this range")
     return fig
 
 
@@ -201,7 +202,7 @@ def drift_versions_figure(rows: Sequence[tuple[str, float | None, bool]], thresh
     fig.update_xaxes(type="category")
     fig.update_layout(showlegend=False, hovermode="closest")
     if not measured:
-        _say_empty(fig, "No version has been measured for drift yet")
+        say_empty(fig, "No version has been measured for drift yet")
     return fig
 
 
@@ -241,18 +242,6 @@ def _fit_axis(
         fig.update_yaxes(
             type="log", range=[low, high], autorange=False, title={"text": f"{title} (log scale)"}
         )
-
-
-def _say_empty(fig: go.Figure, text: str) -> None:
-    fig.add_annotation(
-        text=text,
-        showarrow=False,
-        xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.5,
-        font={"size": 14, "color": "#6c757d"},
-    )
 
 
 # --- thermal forecast -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from fleet.charts import (
     COLOURS,
     chart_layout,
+    say_empty,
     target_line,
     time_series_figure,
     utc_naive,
@@ -78,7 +79,8 @@ def latency_figure(report: TenantSlo) -> go.Figure:
         # The target stays in view even when every model is far below it.
         fig.update_yaxes(range=[0, highest * 1.15])
     _window(fig, report)
-    _maybe_empty(fig, not has_points)
+    if not has_points:
+        say_empty(fig, EMPTY_TEXT)
     return fig
 
 
@@ -108,7 +110,8 @@ def serving_figure(rows: Sequence[ModelSlo]) -> go.Figure:
             fig.add_trace(_bar(f"regional: {reason}", models, counts, colour))
     fig.update_layout(barmode="stack", hovermode="x unified")
     fig.update_xaxes(type="category")
-    _maybe_empty(fig, not rows)
+    if not rows:
+        say_empty(fig, EMPTY_TEXT)
     return fig
 
 
@@ -120,7 +123,8 @@ def tokenised_figure(rows: Sequence[ModelSlo]) -> go.Figure:
     fig.add_trace(_bar("tokenised", models, [row.tokenised for row in rows], COLOURS[3]))
     fig.update_layout(barmode="group", hovermode="x unified")
     fig.update_xaxes(type="category")
-    _maybe_empty(fig, not rows)
+    if not rows:
+        say_empty(fig, EMPTY_TEXT)
     return fig
 
 
@@ -138,19 +142,3 @@ def _window(fig: go.Figure, report: TenantSlo) -> None:
     # The whole window even where there is no data, so the charts side by side align.
     fig.update_xaxes(range=[utc_naive(report.scope.start), utc_naive(report.scope.end)])
     fig.update_layout(showlegend=True)
-
-
-def _maybe_empty(fig: go.Figure, empty: bool) -> None:
-    if not empty:
-        return
-    fig.add_annotation(
-        text=EMPTY_TEXT,
-        showarrow=False,
-        xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.5,
-        font={"size": 14, "color": "#6c757d"},
-    )
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
