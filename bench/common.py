@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -699,6 +700,14 @@ def write_json(path: Path, data: Any) -> Path:
 
 def database_url(server: str, name: str) -> str:
     return f"{server.rstrip('/')}/{name}"
+
+
+def check_bench_database(parser: argparse.ArgumentParser, name: str) -> None:
+    """Refuse a --database a benchmark should not drop: only plain names containing 'bench'."""
+    if "bench" not in name or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        parser.error(
+            "--database must be a plain lower-case name containing 'bench' (it is dropped)"
+        )
 
 
 def recreate_database(server: str, name: str) -> None:

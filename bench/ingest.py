@@ -110,6 +110,7 @@ from bench.common import (
     BenchError,
     ServerProcess,
     base_parser,
+    check_bench_database,
     checkpoint,
     database_url,
     drop_database,
@@ -1317,10 +1318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--batches, --nodes, --threads, --tenants must be >= 1")
     if args.warmup_batches < 0:
         parser.error("--warmup-batches must be >= 0")
-    if "bench" not in args.database or not re.fullmatch(r"[a-z_][a-z0-9_]*", args.database):
-        parser.error(
-            "--database must be a plain lower-case name containing 'bench' (it is dropped)"
-        )
+    check_bench_database(parser, args.database)
     return args
 
 

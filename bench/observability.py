@@ -95,6 +95,7 @@ from bench.common import (
     RESULTS_DIR,
     BenchError,
     base_parser,
+    check_bench_database,
     checkpoint,
     database_url,
     drop_database,
@@ -987,10 +988,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rows is None:
         args.rows = 200_000 if args.quick else 2_000_000
-    if "bench" not in args.database or not re.fullmatch(r"[a-z_][a-z0-9_]*", args.database):
-        parser.error(
-            "--database must be a plain lower-case name containing 'bench' (it is dropped)"
-        )
+    check_bench_database(parser, args.database)
     if args.rows < 1 or args.tenants < 1 or args.repeats < 1:
         parser.error("--rows, --tenants and --repeats must be >= 1")
     return args
