@@ -99,16 +99,7 @@ class TenantSlo:
 
     def total_series(self, metric: str) -> list[Point]:
         """`metric` at every step over all the models together."""
-        value = _metric(metric)
-        summed: dict[datetime, Cell] = defaultdict(Cell)
-        for row in self.frame.cells.values():
-            for at, cell in row.items():
-                summed[at].add(cell)
-        points = [
-            (at, value(summed[at]) if at in summed and summed[at].requests else None)
-            for at in self.scope.steps()
-        ]
-        return _points(points, metric)
+        return _points(self.frame.series(None, _metric(metric)), metric)
 
 
 def tenant_slo(

@@ -172,9 +172,16 @@ class Frame:
                 summed.add(cell)
         return summed
 
-    def series(self, key: str, value) -> list[tuple[datetime, float | None]]:
-        """`value(cell)` at every step of the window (None where the group had no answers)."""
-        row = self.cells.get(key, {})
+    def series(self, key: str | None, value) -> list[tuple[datetime, float | None]]:
+        """`value(cell)` at every step of the window (None where the group had no answers);
+        every group's cells summed per step when key is None."""
+        if key is None:
+            row: dict[datetime, Cell] = {}
+            for cells in self.cells.values():
+                for at, cell in cells.items():
+                    row.setdefault(at, Cell()).add(cell)
+        else:
+            row = self.cells.get(key, {})
         points = []
         for at in self.scope.steps():
             cell = row.get(at)

@@ -6,7 +6,6 @@ none, except in CI, which installs DejaVu and fails without it). The text layer 
 
 from __future__ import annotations
 
-import os
 import re
 import zlib
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ import pytest
 import billing.pdf
 from billing.models import Invoice, InvoiceLine, Tenant
 from billing.pdf import invoice_pdf
+from tests.conftest import missing_locally
 
 FINALISED_AT = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 LONG = (
@@ -32,12 +32,11 @@ def font(request, monkeypatch):
         monkeypatch.setattr(billing.pdf, "UNICODE_FONTS", ())
         monkeypatch.setattr(billing.pdf, "FALLBACK_FONTS", ())
     elif not any(Path(regular).is_file() for regular, _ in billing.pdf.UNICODE_FONTS):
-        # CI installs DejaVu (.ci/run) and must fail, not skip, without it; a developer's
-        # machine without any Unicode font still runs the core-font half.
-        message = "no Unicode TrueType font on this machine (billing.pdf.UNICODE_FONTS)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; .ci/run installs fonts-dejavu-core")
-        pytest.skip(message)
+        # A developer's machine without any Unicode font still runs the core-font half.
+        missing_locally(
+            "no Unicode TrueType font on this machine (billing.pdf.UNICODE_FONTS)",
+            ci_hint=".ci/run installs fonts-dejavu-core",
+        )
     return request.param
 
 

@@ -124,6 +124,8 @@ def test_a_frame_sums_groups_orders_them_busiest_first_and_leaves_gaps_empty():
     assert frame.total("small").energy_per_inference_j == 1.0
     rates = frame.series("big", lambda cell: cell.error_rate)
     assert [value for _, value in rates] == [0.0, None, 0.5, None]
+    counts = frame.series(None, lambda cell: cell.requests)
+    assert [value for _, value in counts] == [12.0, None, 20.0, None], "every group summed"
 
 
 def test_decumulate_turns_le_buckets_into_counts_and_never_goes_negative():
